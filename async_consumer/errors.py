@@ -102,5 +102,9 @@ class FatalTaskError(AsyncConsumerError):
     """
 
 
-class PatchError(AsyncConsumerError):
-    """gevent's monkey-patching is missing, incomplete or happened too late."""
+class PatchError(FatalTaskError):
+    """gevent's monkey-patching is missing, incomplete or happened too late.
+
+    It is fatal: a consumer that meets it stops instead of running tasks one after
+    another on blocking sockets.
+    """

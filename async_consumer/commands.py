@@ -1,0 +1,229 @@
+"""The subcommands of ``async-consumer``; imported only after monkey-patching."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from loguru import logger
+
+from . import __version__
+from .cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_FATAL_TASK, EXIT_OK
+from .config import Config, load_config
+from .errors import ConfigError, FatalTaskError
+from .jobs import HttpJob, JobError, parse_job_lines
+from .logsetup import configure_logging
+from .runner import build_worker, open_queue
+from .sqlite_provider import SQLiteProvider
+
+#: How many bad job lines are listed before the rest are only counted.
+MAX_REPORTED_BAD_LINES = 20
+
+
+def run_command(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command != "check":
+            configure_logging(config.logging.level, config.logging.format,
+                              _str_or_none(config.logging.file), config.logging.enqueue)
+        return args.handler(args, config)
+    except ConfigError as error:
+        print(f"async-consumer: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="async-consumer",
+        description="Run HTTP jobs from a durable queue with gevent.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    enqueue = _command(commands, "enqueue", "store HTTP jobs (JSON lines) in the queue",
+                       _enqueue)
+    enqueue.add_argument("jobs", nargs="?", default="-",
+                         help="a JSON-lines file, or - for standard input (default)")
+
+    run = _command(commands, "run", "consume jobs until stopped", _run)
+    run.add_argument("--until-empty", action="store_true",
+                     help="exit 0 once the queue is drained and print a summary")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar, even on a terminal")
+
+    _command(commands, "check", "validate the file, open the provider, print the "
+             "settings in force", _check)
+
+    dead = _command(commands, "dead", "list or requeue dead-lettered jobs", _dead)
+    dead.add_argument("action", choices=("list", "requeue"))
+    dead.add_argument("ids", nargs="*", type=int, help="row ids to requeue")
+    dead.add_argument("--all", action="store_true", help="requeue every dead job")
+    dead.add_argument("--limit", type=int, default=100, help="how many to list")
+    return parser
+
+
+def _command(commands: Any, name: str, summary: str, handler: Any) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=summary, description=summary)
+    command.add_argument("-c", "--config", required=True, metavar="INI",
+                         help="the worker's INI file")
+    command.set_defaults(handler=handler)
+    return command
+
+
+# -- enqueue -----------------------------------------------------------------------------
+
+def _enqueue(args: argparse.Namespace, config: Config) -> int:
+    try:
+        lines = _read_lines(args.jobs)
+    except OSError as error:
+        print(f"async-consumer: cannot read jobs from {args.jobs}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    jobs, problems = _check_job_lines(lines)
+    if problems:
+        for problem in problems[:MAX_REPORTED_BAD_LINES]:
+            print(f"async-consumer: {args.jobs}: {problem}", file=sys.stderr)
+        if len(problems) > MAX_REPORTED_BAD_LINES:
+            print(f"async-consumer: ... and {len(problems) - MAX_REPORTED_BAD_LINES} more "
+                  "bad line(s)", file=sys.stderr)
+        print(f"async-consumer: nothing was enqueued: {len(problems)} bad line(s) out of "
+              f"{len(jobs) + len(problems)}; fix them and run again", file=sys.stderr)
+        return EXIT_FAILURE
+
+    queue = open_queue(config)
+    try:
+        default_attempts = config.retry.max_attempts
+        stored = queue.put_many(
+            (job.id, job.to_payload(), job.max_attempts or default_attempts) for job in jobs
+        )
+    finally:
+        queue.close()
+    print(f"accepted {stored} job(s) into {config.provider.path}")
+    return EXIT_OK
+
+
+def _read_lines(source: str) -> list[str]:
+    if source == "-":
+        return sys.stdin.read().splitlines()
+    with open(source, encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+def _check_job_lines(lines: list[str]) -> tuple[list[HttpJob], list[str]]:
+    """Every line is checked, so that one run reports all the bad ones."""
+    jobs: list[HttpJob] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            jobs.extend(parse_job_lines([line]))
+        except JobError as error:
+            problems.append(f"line {number}: {error.reason}")
+    return jobs, problems
+
+
+# -- run ---------------------------------------------------------------------------------
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    logger.info("settings in force: {}", json.dumps(config.describe(), default=str))
+    worker = build_worker(config)
+    bar = _progress_bar(worker.provider, args)
+    if bar is not None:
+        bar.start()
+    try:
+        stats = worker.consumer.consume(until_empty=args.until_empty)
+    except FatalTaskError as error:
+        logger.error("stopped by a fatal task error: {}", error)
+        print(f"async-consumer: stopped: {error}", file=sys.stderr)
+        return EXIT_FATAL_TASK
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    print(_summary_line(worker.provider, stats.summary(), config))
+    return EXIT_OK
+
+
+def _progress_bar(provider: Any, args: argparse.Namespace) -> Any:
+    if args.no_progress or not args.until_empty or not sys.stderr.isatty():
+        return None
+    if not isinstance(provider, SQLiteProvider):
+        return None
+
+    from .progress import ProgressBar
+
+    def read() -> tuple[int, int]:
+        counts = provider.queue.counts()
+        done = provider.counts.ok + provider.counts.failed
+        return done, counts["ready"] + counts["delayed"] + counts["leased"]
+
+    return ProgressBar(read)
+
+
+def _summary_line(provider: Any, summary: dict[str, Any], config: Config) -> str:
+    seconds = summary["seconds"]
+    if isinstance(provider, SQLiteProvider):
+        counts = provider.counts
+        done = counts.ok + counts.failed
+        rate = done / seconds if seconds else 0.0
+        return (
+            f"done: {done} job(s) in {seconds:.2f}s ({rate:.1f} jobs/s): {counts.ok} ok, "
+            f"{counts.failed} failed ({counts.dead_lettered} dead-lettered), "
+            f"{counts.retried} retried; latency p50 {summary['p50_ms']} ms, "
+            f"p95 {summary['p95_ms']} ms; results in {config.results.path}"
+        )
+    return "done: " + " ".join(f"{key}={value}" for key, value in summary.items())
+
+
+# -- check and dead ----------------------------------------------------------------------
+
+def _check(args: argparse.Namespace, config: Config) -> int:
+    described = config.describe()
+    if config.provider.type == "sqlite":
+        queue = open_queue(config)
+        try:
+            described["queue"] = queue.counts()
+        finally:
+            queue.close()
+    else:
+        from .runner import build_provider
+
+        provider = build_provider(config)
+        described["provider_connected"] = provider.describe()
+        provider.close()
+
+    print(json.dumps(described, indent=2, default=str))
+    print(f"{args.config}: OK", file=sys.stderr)
+    return EXIT_OK
+
+
+def _dead(args: argparse.Namespace, config: Config) -> int:
+    queue = open_queue(config)
+    try:
+        if args.action == "list":
+            _print_dead(queue.list_dead(args.limit), sys.stdout)
+            return EXIT_OK
+
+        if not args.ids and not args.all:
+            print("async-consumer: dead requeue needs row ids or --all", file=sys.stderr)
+            return EXIT_FAILURE
+        moved = queue.requeue_dead(None if args.all else args.ids)
+        print(f"requeued {moved} job(s)")
+        return EXIT_OK
+    finally:
+        queue.close()
+
+
+def _print_dead(jobs: Iterable[Any], stream: TextIO) -> None:
+    for job in jobs:
+        stream.write(json.dumps({
+            "row": job.job_id, "id": job.key, "attempts": job.attempts,
+            "max_attempts": job.max_attempts, "reason": job.reason, "died_at": job.died_at,
+        }) + "\n")
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

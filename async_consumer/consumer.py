@@ -1,0 +1,458 @@
+"""The scheduler: takes promises from a provider and keeps them running.
+
+The consumer runs in the greenlet that calls :meth:`AsyncConsumer.consume` (usually
+the main one) and never spawns a greenlet per message without a bound: every task
+runs in a slot of one ``gevent.pool.Pool``, and the provider is asked only for as
+many promises as there are free slots.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import gevent
+from gevent.pool import Pool
+
+from .errors import FatalTaskError, RetryLater, TaskTimeout
+from .logs import as_log
+from .promise import Promise
+from .provider import Provider
+from .stats import ConsumerStats
+from .status import Status
+
+DEFAULT_TASK_TIMEOUT_SECONDS = 60.0
+DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 30.0
+DEFAULT_IDLE_POLL_MAX_SECONDS = 1.0
+DEFAULT_STATS_INTERVAL_SECONDS = 10.0
+
+#: First pause when the provider has nothing; it doubles up to ``idle_poll_max``.
+IDLE_POLL_MIN_SECONDS = 0.005
+#: How long ``on_exception`` may take after a task timed out.
+TIMEOUT_HANDLER_GRACE_SECONDS = 5.0
+#: How long cancelled tasks get to unwind at shutdown before they are abandoned.
+CANCEL_GRACE_SECONDS = 2.0
+#: How often a consumer whose pool is full looks at its stop flag.
+SLOT_WAIT_SECONDS = 0.25
+#: Below this many free file descriptors per task slot, startup warns.
+FILES_PER_TASK = 2
+
+
+class Mode(str, enum.Enum):
+    """How new work is started.
+
+    ``sliding`` keeps ``concurrency`` tasks in flight: a slot that frees is refilled
+    at once. ``batch`` is the original library's behaviour: collect a batch, run it,
+    wait for its slowest task, then collect the next.
+    """
+
+    SLIDING = "sliding"
+    BATCH = "batch"
+
+
+class TaskGreenlet(gevent.Greenlet):
+    """The greenlet a task runs in; code inside a task can read the consumer's size."""
+
+    concurrency = 1
+
+
+def current_concurrency(default: int = 1) -> int:
+    """The concurrency of the consumer running the current task, or ``default``.
+
+    The HTTP promise sizes its connection pool from this, so that ``concurrency``
+    requests to one host never overflow the pool.
+    """
+    return getattr(gevent.getcurrent(), "concurrency", default)
+
+
+class _IdleBackoff:
+    """The pause before asking an empty provider again: doubles up to a cap."""
+
+    def __init__(self, maximum_seconds: float) -> None:
+        self.maximum = maximum_seconds
+        self.current = IDLE_POLL_MIN_SECONDS
+
+    def next(self) -> float:
+        pause = self.current
+        self.current = min(self.current * 2, self.maximum)
+        return pause
+
+    def reset(self) -> None:
+        self.current = IDLE_POLL_MIN_SECONDS
+
+
+class AsyncConsumer:
+    """Runs promises from ``provider``, at most ``concurrency`` at a time.
+
+    Args:
+        provider: where promises come from and where outcomes are reported.
+        concurrency: how many tasks run at once.
+        max_batch_collect_time: seconds to wait for more promises once at least one
+            is waiting; a batch is also full at ``concurrency`` promises.
+        logger: a loguru logger, a ``logging.Logger``, or ``None`` for loguru's.
+        task_timeout: seconds a task may run before it is interrupted (``None``: no
+            limit; not recommended).
+        shutdown_timeout: seconds in-flight tasks get to finish once stopping.
+        mode: ``"sliding"`` (default) or ``"batch"``; see :class:`Mode`.
+        idle_poll_max: the longest pause between two looks at an empty provider.
+        stats_interval: seconds between two progress lines in sliding mode.
+        handle_signals: stop gracefully on SIGTERM/SIGINT (main thread only).
+    """
+
+    greenlet_class = TaskGreenlet
+
+    def __init__(
+        self,
+        provider: Provider,
+        concurrency: int,
+        max_batch_collect_time: float,
+        logger: Any = None,
+        *,
+        task_timeout: float | None = DEFAULT_TASK_TIMEOUT_SECONDS,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+        mode: str | Mode = Mode.SLIDING,
+        idle_poll_max: float = DEFAULT_IDLE_POLL_MAX_SECONDS,
+        stats_interval: float = DEFAULT_STATS_INTERVAL_SECONDS,
+        handle_signals: bool = True,
+    ) -> None:
+        _check_arguments(concurrency, max_batch_collect_time, task_timeout, shutdown_timeout)
+        self.provider = provider
+        self.concurrency = concurrency
+        self.max_batch_collect_time = float(max_batch_collect_time)
+        self.task_timeout = task_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.mode = _parse_mode(mode)
+        self.idle_poll_max = idle_poll_max
+        self.stats_interval = stats_interval
+        self.handle_signals = handle_signals
+        self.log = as_log(logger)
+        self.pool = Pool(concurrency, greenlet_class=self.greenlet_class)
+        self.stats = ConsumerStats()
+        self._stopping = False
+        self._stop_reason = ""
+        self._signals_seen = 0
+        self._fatal: FatalTaskError | None = None
+        self._next_progress_at = 0.0
+
+    # -- public API -------------------------------------------------------------------
+
+    def consume(self, until_empty: bool = False) -> ConsumerStats:
+        """Run until :meth:`stop`, a signal, a fatal task error or (optionally) an empty queue.
+
+        Returns the run's statistics. Re-raises a :class:`FatalTaskError` after the
+        clean shutdown it caused.
+        """
+        self.stats = ConsumerStats()
+        self._announce()
+        watchers = self._install_signal_handlers()
+        try:
+            self._loop(until_empty)
+        finally:
+            self._shutdown()
+            for watcher in watchers:
+                watcher.cancel()
+
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    def stop(self, reason: str = "stop() was called") -> None:
+        """Stop taking work; in-flight tasks get ``shutdown_timeout`` to finish.
+
+        Safe to call from a task, a signal handler or another greenlet: it only sets
+        a flag that the loop acts on.
+        """
+        if self._stopping:
+            return
+
+        self._stopping = True
+        self._stop_reason = reason
+        self.log.info(
+            "stopping ({}): taking no new work, {} task(s) in flight",
+            reason, len(self.pool),
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pool)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _loop(self, until_empty: bool) -> None:
+        idle = _IdleBackoff(self.idle_poll_max)
+        while not self._stopping:
+            self._log_progress_if_due()
+            if not self._wait_for_free_slot():
+                continue
+
+            batch = self._collect_batch(idle)
+            if batch:
+                self._dispatch(batch)
+                continue
+
+            if until_empty and self._drained():
+                self.log.info("the provider is empty and no task is in flight: finishing")
+                return
+            self._pause_while_idle(idle.next())
+
+    def _wait_for_free_slot(self) -> bool:
+        if self.pool.free_count() > 0:
+            return True
+        self.pool.wait_available(timeout=SLOT_WAIT_SECONDS)
+        return self.pool.free_count() > 0
+
+    def _collect_batch(self, idle: _IdleBackoff) -> list[Promise]:
+        """Collect promises until the batch is full or the collect time has passed.
+
+        Returns an empty list at once when the provider has nothing and nothing was
+        collected yet, so that the caller can idle or finish.
+        """
+        wanted = self.pool.free_count() if self.mode is Mode.SLIDING else self.concurrency
+        batch: list[Promise] = []
+        started = time.monotonic()
+        while len(batch) < wanted and not self._stopping:
+            fetched = self._fetch(wanted - len(batch))
+            if fetched:
+                batch.extend(fetched)
+                idle.reset()
+                continue
+
+            remaining = self.max_batch_collect_time - (time.monotonic() - started)
+            if not batch or remaining <= 0:
+                break
+            gevent.sleep(min(idle.next(), remaining))
+        return batch
+
+    def _fetch(self, count: int) -> list[Promise]:
+        """Ask the provider for promises; a provider error is logged, never fatal."""
+        try:
+            return self.provider.get_batch(count)
+        except Exception:
+            self.log.exception(
+                "provider {} failed to deliver work; trying again shortly",
+                self.provider.describe(),
+            )
+            return []
+
+    def _dispatch(self, batch: list[Promise]) -> None:
+        started = time.monotonic()
+        finished_before = self.stats.finished
+        for promise in batch:
+            greenlet = self.pool.spawn(self._run_task, promise)
+            greenlet.concurrency = self.concurrency
+        self.stats.batches += 1
+
+        if self.mode is Mode.SLIDING:
+            self.log.debug("started {} task(s); {} in flight", len(batch), len(self.pool))
+            return
+
+        while not self.pool.join(timeout=SLOT_WAIT_SECONDS) and not self._stopping:
+            pass
+        self.log.info(
+            "batch of {} finished in {:.3f}s ({} ended)",
+            len(batch), time.monotonic() - started, self.stats.finished - finished_before,
+        )
+
+    def _drained(self) -> bool:
+        if len(self.pool):
+            return False
+        try:
+            return not self.provider.has_pending_work()
+        except Exception:
+            self.log.exception("provider {} could not tell whether work is pending",
+                               self.provider.describe())
+            return False
+
+    def _pause_while_idle(self, seconds: float) -> None:
+        """Sleep, but wake as soon as the last in-flight task ends."""
+        if len(self.pool):
+            self.pool.join(timeout=seconds)
+        else:
+            gevent.sleep(seconds)
+
+    # -- one task ---------------------------------------------------------------------
+
+    def _run_task(self, promise: Promise) -> None:
+        """The body of every task greenlet; nothing escapes it."""
+        started = time.monotonic()
+        outcome = self._execute(promise)
+        promise.elapsed = time.monotonic() - started
+        promise.outcome = outcome
+        self.stats.record(outcome, promise.elapsed)
+        self._log_outcome(promise)
+
+        try:
+            self.provider.settle(promise)
+        except Exception:
+            self.log.exception(
+                "task {}: the provider could not record its outcome ({}); the queue "
+                "will deliver it again", promise.id, outcome.value,
+            )
+
+    def _execute(self, promise: Promise) -> Status:
+        deadline = gevent.Timeout(self.task_timeout) if self.task_timeout else None
+        if deadline is not None:
+            deadline.start()
+        try:
+            promise.run()
+        except gevent.Timeout as expired:
+            if expired is not deadline:
+                raise
+            return self._time_out(promise)
+        except RetryLater as retry:
+            promise.retry_delay = retry.delay_seconds
+            promise.error = retry
+            return Status.RETRY
+        except FatalTaskError as fatal:
+            promise.error = fatal
+            self._fatal = self._fatal or fatal
+            self.stop(f"task {promise.id} raised a fatal error: {fatal}")
+            return Status.FATAL
+        except gevent.GreenletExit:
+            return Status.CANCELLED
+        except Exception as error:
+            promise.error = error
+            self.log.exception("task {} ({}) raised {}", promise.id, promise.describe(),
+                               type(error).__name__)
+            return Status.ERROR
+        finally:
+            if deadline is not None:
+                deadline.close()
+
+        return Status.OK if promise.status is Status.PENDING else promise.status
+
+    def _time_out(self, promise: Promise) -> Status:
+        error = TaskTimeout(
+            f"task {promise.id} ran past its timeout of {self.task_timeout}s",
+            promise=promise,
+        )
+        promise.error = error
+        try:
+            with gevent.Timeout(TIMEOUT_HANDLER_GRACE_SECONDS):
+                promise.on_timeout(error)
+        except RetryLater:
+            pass
+        except (Exception, gevent.Timeout):
+            self.log.exception("task {}: its timeout handler raised", promise.id)
+        return Status.TIMEOUT
+
+    def _log_outcome(self, promise: Promise) -> None:
+        outcome = promise.outcome
+        milliseconds = promise.elapsed * 1000
+        if outcome is Status.OK:
+            self.log.debug("task {} ({}) ok in {:.1f} ms", promise.id, promise.describe(),
+                           milliseconds)
+        elif outcome in (Status.FAILED, Status.RETRY, Status.TIMEOUT):
+            self.log.warning("task {} ({}) {} after {:.1f} ms: {}", promise.id,
+                             promise.describe(), outcome.value, milliseconds, promise.error)
+        elif outcome is Status.CANCELLED:
+            self.log.info("task {} cancelled by shutdown; it will be requeued", promise.id)
+
+    # -- start and stop ---------------------------------------------------------------
+
+    def _announce(self) -> None:
+        self.log.info(
+            "consumer starting: pid={} provider={} concurrency={} mode={} "
+            "max_batch_collect_time={}s task_timeout={}s shutdown_timeout={}s",
+            os.getpid(), self.provider.describe(), self.concurrency, self.mode.value,
+            self.max_batch_collect_time, self.task_timeout, self.shutdown_timeout,
+        )
+        self._warn_about_file_limit()
+        self._next_progress_at = time.monotonic() + self.stats_interval
+
+    def _warn_about_file_limit(self) -> None:
+        try:
+            import resource
+
+            soft_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, OSError, ValueError):
+            return
+
+        needed = self.concurrency * FILES_PER_TASK + 64
+        if soft_limit != resource.RLIM_INFINITY and soft_limit < needed:
+            self.log.warning(
+                "open-file limit {} is low for concurrency {} (want at least {}): "
+                "connections will fail with 'Too many open files'; raise LimitNOFILE "
+                "or ulimit -n", soft_limit, self.concurrency, needed,
+            )
+
+    def _install_signal_handlers(self) -> list[Any]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return []
+        return [
+            gevent.signal_handler(signal.SIGTERM, self._on_signal, "SIGTERM"),
+            gevent.signal_handler(signal.SIGINT, self._on_signal, "SIGINT"),
+        ]
+
+    def _on_signal(self, name: str) -> None:
+        """First signal: graceful stop. Second: cancel in-flight tasks now."""
+        self._signals_seen += 1
+        if self._signals_seen == 1:
+            self.stop(f"{name} received")
+            return
+
+        self.log.warning("{} received again: cancelling {} in-flight task(s) now",
+                         name, len(self.pool))
+        gevent.spawn(self.pool.kill, block=False)
+
+    def _shutdown(self) -> None:
+        in_flight = len(self.pool)
+        if in_flight:
+            self.log.info("waiting up to {}s for {} in-flight task(s)", self.shutdown_timeout,
+                          in_flight)
+            if not self.pool.join(timeout=self.shutdown_timeout):
+                self.log.warning("cancelling {} task(s) still running after {}s; they are "
+                                 "requeued", len(self.pool), self.shutdown_timeout)
+                self.pool.kill(timeout=CANCEL_GRACE_SECONDS)
+
+        self.log.debug("closing provider {}", self.provider.describe())
+        try:
+            self.provider.close()
+        except Exception:
+            self.log.exception("provider {} failed to close cleanly", self.provider.describe())
+        self.log.debug("provider closed")
+
+        self.stats.finished_at = time.monotonic()
+        self.log.info("consumer stopped: {}", _format_summary(self.stats.summary()))
+
+    def _log_progress_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_progress_at:
+            return
+        self._next_progress_at = now + self.stats_interval
+        self.log.info("progress: {}; {} in flight", _format_summary(self.stats.summary()),
+                      len(self.pool))
+
+
+def _format_summary(summary: dict[str, object]) -> str:
+    return " ".join(f"{key}={value}" for key, value in summary.items())
+
+
+def _parse_mode(mode: str | Mode) -> Mode:
+    try:
+        return Mode(mode)
+    except ValueError:
+        raise ValueError(f"mode must be 'sliding' or 'batch', not {mode!r}") from None
+
+
+def _check_arguments(
+    concurrency: Any, collect_time: Any, task_timeout: Any, shutdown_timeout: Any
+) -> None:
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency must be a whole number of at least 1, not {concurrency!r}")
+    if not isinstance(collect_time, (int, float)) or collect_time < 0:
+        raise ValueError(
+            f"max_batch_collect_time must be a number of seconds >= 0, not {collect_time!r}"
+        )
+    if task_timeout is not None and (
+        not isinstance(task_timeout, (int, float)) or task_timeout <= 0
+    ):
+        raise ValueError(f"task_timeout must be seconds > 0 or None, not {task_timeout!r}")
+    if not isinstance(shutdown_timeout, (int, float)) or shutdown_timeout < 0:
+        raise ValueError(
+            f"shutdown_timeout must be a number of seconds >= 0, not {shutdown_timeout!r}"
+        )

@@ -1,0 +1,141 @@
+"""The HTTP promise: one request on a shared, pooled, cooperative session."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from ..consumer import current_concurrency
+from ..errors import PromiseError
+from ..patching import ensure_cooperative
+from ..promise import Promise
+from ..status import Status
+from .errors import to_promise_error
+from .session import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, Timeout, shared_session
+
+
+class RequestFactory(abc.ABC):
+    """Builds the request a promise sends; called in the task's greenlet."""
+
+    @abc.abstractmethod
+    def create(self) -> requests.Request | requests.PreparedRequest:
+        """Return the request to send."""
+
+
+class ResponseHandler(abc.ABC):
+    """Receives the outcome of a request, in the task's greenlet.
+
+    Exactly one of the two methods is called for every request. An exception that
+    escapes either one fails that task only (it is logged and retried); raising
+    :class:`~async_consumer.RetryLater` asks for another try on purpose.
+    """
+
+    @abc.abstractmethod
+    def on_success(self, response: requests.Response) -> None:
+        """The server answered (with a status below 400, unless configured otherwise)."""
+
+    @abc.abstractmethod
+    def on_exception(self, error: PromiseError) -> None:
+        """The request failed: ``error.__cause__`` says why, ``error.response`` is set
+        when the server answered."""
+
+
+class RequestsPromise(Promise):
+    """Sends the factory's request and hands the result to the handler.
+
+    Args:
+        factory: builds the request.
+        handler: receives the response or the error.
+        session: the session to send with; by default this thread's shared session,
+            whose pool grows to the consumer's concurrency.
+        timeout: (connect, read) seconds, or one number for both. Always applied.
+        raise_for_status: send 4xx/5xx answers to ``on_exception`` (the default, as
+            the original library did); ``False`` sends every answer to ``on_success``.
+        task_id: names the task in logs and results.
+
+    The response is always closed once the handler returns or raises, so a handler
+    that leaves a streamed body unread cannot hold a pooled connection.
+    """
+
+    def __init__(
+        self,
+        factory: RequestFactory,
+        handler: ResponseHandler,
+        session: requests.Session | None = None,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        *,
+        raise_for_status: bool = True,
+        task_id: str | None = None,
+    ) -> None:
+        super().__init__(task_id)
+        if timeout is None:
+            raise ValueError("timeout must be set: requests without one can hang forever")
+        self.factory = factory
+        self.handler = handler
+        self.session = session
+        self.timeout = timeout
+        self.raise_for_status = raise_for_status
+        self.request: requests.PreparedRequest | None = None
+        self.response: requests.Response | None = None
+
+    def run(self) -> None:
+        ensure_cooperative()
+        session = self.session or shared_session(max(current_concurrency(), DEFAULT_POOL_SIZE))
+        self.request = _prepare(session, self.factory.create())
+
+        try:
+            response = self._send(session, self.request)
+        except requests.RequestException as error:
+            self._fail(to_promise_error(error, self))
+            return
+
+        self.response = response
+        try:
+            self._deliver(response)
+        finally:
+            response.close()
+
+    def _send(self, session: requests.Session, request: requests.PreparedRequest) -> Any:
+        settings = session.merge_environment_settings(request.url, {}, None, None, None)
+        return session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
+
+    def _deliver(self, response: requests.Response) -> None:
+        if self.raise_for_status and response.status_code >= 400:
+            try:
+                response.raise_for_status()
+            except requests.HTTPError as error:
+                self._fail(to_promise_error(error, self))
+                return
+
+        self.handler.on_success(response)
+        self.status = Status.OK
+
+    def _fail(self, error: PromiseError) -> None:
+        self.error = error
+        self.handle_exception(error)
+        self.status = Status.FAILED
+
+    def handle_exception(self, error: PromiseError) -> None:
+        self.handler.on_exception(error)
+
+    def describe(self) -> str:
+        request = self.request
+        if request is None:
+            return type(self).__name__
+        return f"{request.method} {urlsplit(request.url or '').netloc}"
+
+
+def _prepare(
+    session: requests.Session, request: requests.Request | requests.PreparedRequest
+) -> requests.PreparedRequest:
+    if isinstance(request, requests.PreparedRequest):
+        return request
+    if isinstance(request, requests.Request):
+        return session.prepare_request(request)
+    raise TypeError(
+        f"RequestFactory.create() must return a requests.Request or PreparedRequest, "
+        f"not {type(request).__name__}"
+    )

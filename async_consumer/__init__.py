@@ -16,6 +16,7 @@ _EXPORTS = {
     "AsyncConsumer": "consumer",
     "Mode": "consumer",
     "Promise": "promise",
+    "yield_control": "promise",
     "Provider": "provider",
     "MemoryProvider": "provider",
     "Status": "status",

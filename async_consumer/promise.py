@@ -100,3 +100,17 @@ class Promise:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.status.value}>"
+
+
+#: The pause :func:`yield_control` takes; positive so the hub polls I/O and timers.
+YIELD_SECONDS = 0.001
+
+
+def yield_control() -> None:
+    """Let other greenlets run from inside a long CPU-bound callback.
+
+    It sleeps a little instead of ``gevent.sleep(0)``: a zero sleep requeues the caller
+    before the loop polls for I/O and timers, so a busy loop of "work, sleep(0)" can
+    still starve greenlets that wait on sockets or timeouts.
+    """
+    gevent.sleep(YIELD_SECONDS)

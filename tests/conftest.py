@@ -1,0 +1,101 @@
+"""Shared fixtures. The test process is monkey-patched first, as a worker would be."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PROCESS_START_SECONDS = 15.0
+
+
+@dataclass
+class Target:
+    """A running ``async_consumer.devserver`` in its own process."""
+
+    url: str
+    process: subprocess.Popen
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as answer:
+            return json.loads(answer.read())
+
+    def reset(self) -> None:
+        urllib.request.urlopen(f"{self.url}/stats/reset", timeout=5).read()
+
+
+def start_target(tmp_dir: Path) -> Target:
+    port_file = tmp_dir / f"target-{time.monotonic_ns()}.port"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "async_consumer.devserver", "--port", "0",
+         "--port-file", str(port_file)],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + PROCESS_START_SECONDS
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError("the test HTTP target did not start")
+        time.sleep(0.02)
+    return Target(f"http://127.0.0.1:{port_file.read_text()}", process)
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """End a process this test suite started, by its PID."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """One HTTP target for the whole session; call ``reset()`` before counting."""
+    server = start_target(tmp_path_factory.mktemp("target"))
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture
+def fresh_target(tmp_path: Path) -> Iterator[Target]:
+    """A target of this test's own, for tests that count requests or connections."""
+    server = start_target(tmp_path)
+    yield server
+    stop_process(server.process)
+
+
+def cli(*args: str, cwd: Path, stdin: str | None = None, timeout: float = 120,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m async_consumer ARGS`` the way an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "async_consumer", *args],
+        cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_ini(directory: Path, text: str, name: str = "worker.ini") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

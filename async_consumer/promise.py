@@ -47,6 +47,12 @@ class Promise:
     """
 
     def __init__(self, task_id: str | None = None) -> None:
+        cls = type(self)
+        if cls.run is Promise.run and cls.start is Promise.start:
+            raise TypeError(
+                f"{cls.__name__} must override run() (blocking style) or start() "
+                "(polling style); a bare Promise has no work to do"
+            )
         self.id = task_id or _next_task_id()
         self.status = Status.PENDING
         self.outcome = Status.PENDING

@@ -347,8 +347,9 @@ class AsyncConsumer:
             self.log.debug("task {} ({}) ok in {:.1f} ms", promise.id, promise.describe(),
                            milliseconds)
         elif outcome in (Status.FAILED, Status.RETRY, Status.TIMEOUT):
-            self.log.warning("task {} ({}) {} after {:.1f} ms: {}", promise.id,
-                             promise.describe(), outcome.value, milliseconds, promise.error)
+            self.log.warning("task {} ({}) attempt {}: {} after {:.1f} ms: {}", promise.id,
+                             promise.describe(), promise.attempt, outcome.value, milliseconds,
+                             promise.error)
         elif outcome is Status.CANCELLED:
             self.log.info("task {} cancelled by shutdown; it will be requeued", promise.id)
 

@@ -159,8 +159,8 @@ class SQLiteProvider(Provider):
         delay = self.backoff.delay(job.attempt, promise.retry_delay)
         self.queue.retry(job.job_id, delay, error)
         self.counts.retried += 1
-        self.log.warning("job {} attempt {}/{} failed ({}); retrying in {:.2f}s",
-                         job.key, job.attempt, job.max_attempts, error, delay)
+        self.log.debug("job {} attempt {}/{} failed; next attempt in {:.2f}s",
+                       job.key, job.attempt, job.max_attempts, delay)
 
     def _finish(self, promise: Promise, job: QueuedJob, status: str) -> None:
         error = None if status == "ok" else str(promise.error) if promise.error else None

@@ -1,0 +1,37 @@
+# Everything installs into ./.venv; nothing touches the system Python.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HTTPBIN_VENV ?= .venv-httpbin
+
+.PHONY: help init demo test lint typecheck clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+init: $(BIN)/async-consumer  ## create .venv and install the package with its dev tools
+
+$(BIN)/async-consumer: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(HTTPBIN_VENV)/bin/python:
+	$(PYTHON) -m venv $(HTTPBIN_VENV)
+	$(HTTPBIN_VENV)/bin/pip install --quiet httpbin
+
+demo: init  ## run the main job: 2,000 HTTP jobs against a local target
+	$(BIN)/python examples/demo.py
+
+test: init $(HTTPBIN_VENV)/bin/python  ## run the test suite
+	ASYNC_CONSUMER_HTTPBIN_PYTHON=$(HTTPBIN_VENV)/bin/python $(BIN)/pytest -q
+
+lint: init  ## check style (limits live in setup.cfg)
+	$(BIN)/flake8 async_consumer tests examples
+
+typecheck: init  ## check type hints
+	$(BIN)/mypy async_consumer
+
+clean:  ## remove the virtual environments and run state
+	rm -rf $(VENV) $(HTTPBIN_VENV) var .pytest_cache .mypy_cache

@@ -1,0 +1,35 @@
+"""The shipped documents and examples stay true to the code."""
+
+from pathlib import Path
+
+from async_consumer.config import load_config
+from async_consumer.reference import render_reference
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_ini_reference_page_matches_the_setting_definitions():
+    page = (REPO / "docs" / "ini-reference.md").read_text()
+
+    assert page == render_reference(), (
+        "docs/ini-reference.md is stale: python -m async_consumer.reference "
+        "> docs/ini-reference.md"
+    )
+
+
+def test_the_example_worker_ini_is_valid():
+    config = load_config(REPO / "deploy" / "worker.ini")
+
+    assert config.consumer.concurrency == 100
+    assert config.logging.format == "json"
+
+
+def test_the_readme_ini_example_is_valid(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```ini\n", 1)[1].split("```", 1)[0]
+    ini = tmp_path / "readme.ini"
+    ini.write_text(block)
+
+    config = load_config(ini)
+
+    assert config.consumer.concurrency == 100

@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HTTPBIN_VENV ?= .venv-httpbin
+CONFIG ?= deploy/worker.ini
 
-.PHONY: help init demo test lint typecheck clean
+.PHONY: help init demo run test lint typecheck docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,6 +25,9 @@ $(HTTPBIN_VENV)/bin/python:
 demo: init  ## run the main job: 2,000 HTTP jobs against a local target
 	$(BIN)/python examples/demo.py
 
+run: init  ## run a worker: make run CONFIG=worker.ini
+	$(BIN)/async-consumer run -c $(CONFIG)
+
 test: init $(HTTPBIN_VENV)/bin/python  ## run the test suite
 	ASYNC_CONSUMER_HTTPBIN_PYTHON=$(HTTPBIN_VENV)/bin/python $(BIN)/pytest -q
 
@@ -32,6 +36,9 @@ lint: init  ## check style (limits live in setup.cfg)
 
 typecheck: init  ## check type hints
 	$(BIN)/mypy async_consumer
+
+docs: init  ## regenerate the INI reference in docs/ and the README
+	$(BIN)/python -m async_consumer.reference --write
 
 clean:  ## remove the virtual environments and run state
 	rm -rf $(VENV) $(HTTPBIN_VENV) var .pytest_cache .mypy_cache

@@ -18,6 +18,7 @@ from .jobs import HttpJob, JobError, parse_job_lines
 from .logsetup import configure_logging
 from .runner import build_worker, open_queue
 from .sqlite_provider import SQLiteProvider
+from .sqlite_queue import QueueError
 
 #: How many bad job lines are listed before the rest are only counted.
 MAX_REPORTED_BAD_LINES = 20
@@ -156,8 +157,11 @@ def _progress_bar(provider: Any, args: argparse.Namespace) -> Any:
     from .progress import ProgressBar
 
     def read() -> tuple[int, int]:
-        counts = provider.queue.counts()
         done = provider.counts.ok + provider.counts.failed
+        try:
+            counts = provider.queue.counts()
+        except QueueError:
+            return done, 0
         return done, counts["ready"] + counts["delayed"] + counts["leased"]
 
     return ProgressBar(read)

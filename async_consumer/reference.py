@@ -1,12 +1,14 @@
 """Renders the INI reference (docs/ini-reference.md) from the setting definitions.
 
-``python -m async_consumer.reference > docs/ini-reference.md`` regenerates the page;
-a test fails when the committed page and the definitions disagree.
+``python -m async_consumer.reference --write`` regenerates the page and the copy in
+the README; a test fails when either disagrees with the definitions.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
 from .settings import SECTION_DESCRIPTIONS, SETTINGS
 
@@ -38,5 +40,27 @@ def render_reference() -> str:
     return "".join(parts)
 
 
+README_START = "<!-- ini-reference:start -->"
+README_END = "<!-- ini-reference:end -->"
+
+
+def embed_in_readme(readme: str) -> str:
+    """The README text with the reference (one heading level down) between its markers."""
+    body = render_reference().replace("\n## [", "\n### [").replace(
+        "# INI reference\n", "## INI reference\n", 1
+    )
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    return pattern.sub(lambda _: f"{README_START}\n{body}{README_END}", readme)
+
+
+def write_documents(repo: Path) -> None:
+    (repo / "docs" / "ini-reference.md").write_text(render_reference())
+    readme = repo / "README.md"
+    readme.write_text(embed_in_readme(readme.read_text()))
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render_reference())
+    if sys.argv[1:] == ["--write"]:
+        write_documents(Path.cwd())
+    else:
+        sys.stdout.write(render_reference())

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from async_consumer.config import load_config
-from async_consumer.reference import render_reference
+from async_consumer.reference import embed_in_readme, render_reference
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -12,8 +12,15 @@ def test_the_ini_reference_page_matches_the_setting_definitions():
     page = (REPO / "docs" / "ini-reference.md").read_text()
 
     assert page == render_reference(), (
-        "docs/ini-reference.md is stale: python -m async_consumer.reference "
-        "> docs/ini-reference.md"
+        "docs/ini-reference.md is stale: python -m async_consumer.reference --write"
+    )
+
+
+def test_the_readme_carries_the_current_ini_reference():
+    readme = (REPO / "README.md").read_text()
+
+    assert readme == embed_in_readme(readme), (
+        "the README's INI reference is stale: python -m async_consumer.reference --write"
     )
 
 

@@ -12,7 +12,7 @@ Paths:
     /hang                    accepts and never answers
     /bytes/<n>               n bytes of body
     /echo                    200 with the request's method, path, query, headers and body
-    /stats                   JSON: total, in_flight, max_in_flight, connections
+    /stats                   JSON: total, in_flight, max_in_flight
     /stats/reset             zeroes the counters
 
 Run: ``python -m async_consumer.devserver --port 0 --port-file PATH``.
@@ -32,6 +32,8 @@ from gevent.pywsgi import WSGIServer
 
 HANG_SECONDS = 3600.0
 LISTEN_BACKLOG = 2048
+#: Answers that must not carry a body.
+BODILESS_STATUSES = ("204", "304")
 
 
 class Target:
@@ -55,6 +57,9 @@ class Target:
             status, headers, body = self._answer(path, environ)
         finally:
             self.in_flight -= 1
+        if status[:3] in BODILESS_STATUSES:
+            start_response(status, headers)
+            return []
         start_response(status, headers + [("Content-Length", str(len(body)))])
         return [body]
 

@@ -1,6 +1,7 @@
 """Serve the third-party httpbin application on loopback for ``test_httpbin.py``.
 
-Run with the system interpreter, which has Debian's ``python3-httpbin``::
+Run it with an interpreter that can import httpbin: the system one with Debian's
+``python3-httpbin``, or ``.venv-httpbin`` as ``make test`` builds it::
 
     /usr/bin/python3 tests/httpbin_server.py PORT_FILE
 

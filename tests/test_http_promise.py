@@ -41,18 +41,6 @@ from async_consumer.http import (
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
-#: Reason for the tests that show the default session is not shared (see the report).
-GREENLET_LOCAL_SESSION = (
-    "shared_session() keeps its session in threading.local, which monkey-patching "
-    "turns into a greenlet-local: every task greenlet builds a session of its own, "
-    "so the default session never reuses a connection"
-)
-#: The devserver sends a body with 204 and 304, which gevent's server refuses (500).
-DEVSERVER_BODY_ON_204 = (
-    "async_consumer.devserver answers /status/204 with a body and a Content-Length, "
-    "which gevent.pywsgi rejects, so the client gets 500"
-)
-
 
 @pytest.fixture(autouse=True)
 def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,7 +207,7 @@ def test_an_error_status_reaches_on_exception_with_the_response_and_an_http_erro
 
 @pytest.mark.parametrize("code", [
     200,
-    pytest.param(204, marks=pytest.mark.xfail(strict=True, reason=DEVSERVER_BODY_ON_204)),
+    204,
     302,
     404,
     500,
@@ -555,14 +543,29 @@ def test_shared_session_gives_the_same_session_twice_in_one_greenlet() -> None:
     assert shared_session() is shared_session()
 
 
-@pytest.mark.xfail(strict=True, reason=GREENLET_LOCAL_SESSION)
 def test_greenlets_of_one_thread_get_the_same_shared_session() -> None:
     here = shared_session()
     elsewhere = gevent.spawn(shared_session).get(timeout=5)
     assert elsewhere is here
 
 
+def silent_logger() -> logging.Logger:
+    """A logger that emits nothing, so it takes no lock shared between OS threads.
+
+    Sinks of loguru and handlers of ``logging`` hold locks that monkey-patching makes
+    gevent locks; shared by greenlets of several OS threads, they can miss a wake-up
+    and park a task for good (gevent issue 2013; see the report). This test is about
+    sessions and consumers per thread, so its consumers do not log.
+    """
+    silent = logging.getLogger("tests.silent_in_threads")
+    silent.propagate = False
+    silent.setLevel(logging.CRITICAL)
+    silent.isEnabledFor(logging.DEBUG)  # fill the level cache here, in the main thread
+    return silent
+
+
 def test_each_os_thread_has_its_own_session_and_runs_its_own_consumer(target, capfd) -> None:
+    silent = silent_logger()
     start_thread = monkey.get_original("_thread", "start_new_thread")
     allocate_lock = monkey.get_original("_thread", "allocate_lock")
     get_ident = monkey.get_original("_thread", "get_ident")
@@ -576,7 +579,7 @@ def test_each_os_thread_has_its_own_session_and_runs_its_own_consumer(target, ca
             handler = Recorder()
             promises = [RequestsPromise(Get(f"{target.url}/delay/20"), handler)
                         for _ in range(10)]
-            _, provider = run(promises, 5)
+            _, provider = run(promises, 5, logger=silent)
             report["responses"] = len(handler.responses)
             report["errors"] = [str(error) for error in handler.errors]
             report["outcomes"] = [promise.outcome for promise in provider.settled]
@@ -593,7 +596,7 @@ def test_each_os_thread_has_its_own_session_and_runs_its_own_consumer(target, ca
         locks.append(done)
         start_thread(work, (done,))
     for done in locks:
-        assert done.acquire(True, 30), "a worker thread did not finish within 30 s"
+        assert done.acquire(True, 15), "a worker thread did not finish within 15 s"
 
     assert len(reports) == 4
     assert [report.get("crash") for report in reports] == [None] * 4
@@ -653,7 +656,7 @@ def new_connection_lines() -> Iterator[ListHandler]:
 
 @pytest.mark.parametrize("session_kind", [
     "explicit",
-    pytest.param("default", marks=pytest.mark.xfail(strict=True, reason=GREENLET_LOCAL_SESSION)),
+    "default",
 ])
 def test_two_hundred_tasks_at_concurrency_twenty_reuse_their_connections(
     port_counting_server, new_connection_lines, session_kind: str

@@ -54,6 +54,8 @@ class RequestsPromise(Promise):
         timeout: (connect, read) seconds, or one number for both. Always applied.
         raise_for_status: send 4xx/5xx answers to ``on_exception`` (the default, as
             the original library did); ``False`` sends every answer to ``on_success``.
+        stream: do not read the body before calling ``on_success``; the handler reads
+            what it needs from ``response.raw`` or ``iter_content`` before returning.
         task_id: names the task in logs and results.
 
     The response is always closed once the handler returns or raises, so a handler
@@ -68,6 +70,7 @@ class RequestsPromise(Promise):
         timeout: Timeout = DEFAULT_TIMEOUT,
         *,
         raise_for_status: bool = True,
+        stream: bool | None = None,
         task_id: str | None = None,
     ) -> None:
         super().__init__(task_id)
@@ -78,6 +81,7 @@ class RequestsPromise(Promise):
         self.session = session
         self.timeout = timeout
         self.raise_for_status = raise_for_status
+        self.stream = stream
         self.request: requests.PreparedRequest | None = None
         self.response: requests.Response | None = None
 
@@ -99,7 +103,7 @@ class RequestsPromise(Promise):
             response.close()
 
     def _send(self, session: requests.Session, request: requests.PreparedRequest) -> Any:
-        settings = session.merge_environment_settings(request.url, {}, None, None, None)
+        settings = session.merge_environment_settings(request.url, {}, self.stream, None, None)
         return session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
 
     def _deliver(self, response: requests.Response) -> None:

@@ -8,7 +8,6 @@ connections are kept alive and reused.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import requests
@@ -70,7 +69,18 @@ def mount_pool(session: requests.Session, pool_size: int, timeout: Timeout) -> N
     session.mount("https://", adapter)
 
 
-class _ThreadSessions(threading.local):
+def _os_thread_local_class() -> type:
+    """``threading.local`` as it was before patching.
+
+    Once gevent has patched ``threading``, ``threading.local`` is per greenlet: every
+    task would get its own session and no connection would ever be reused.
+    """
+    from gevent import monkey
+
+    return monkey.get_original("threading", "local")
+
+
+class _ThreadSessions(_os_thread_local_class()):  # type: ignore[misc]
     session: requests.Session | None = None
     pool_size: int = 0
 

@@ -79,13 +79,17 @@ def build_provider(config: Config, logger: Any = None) -> Provider:
     if config.provider.type != "sqlite":
         return _build_custom_provider(config)
 
-    queue = open_queue(config)
+    check_lease_time(config)
     try:
         results = ResultsFile(config.results.path, fsync=config.results.fsync)
     except OSError as error:
-        queue.close()
         raise ConfigError(str(error), source=config.source, section="results", key="path",
                           value=str(config.results.path), expected="a writable file path")
+    try:
+        queue = open_queue(config)
+    except BaseException:
+        results.close()
+        raise
 
     return SQLiteProvider(
         queue,

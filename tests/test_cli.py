@@ -3,6 +3,7 @@ real HTTP target on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,7 +76,7 @@ def queued_rows(queue_path: Path) -> int:
     """Live jobs in the queue file, read with plain sqlite3."""
     if not queue_path.exists():
         return 0
-    with sqlite3.connect(queue_path) as connection:
+    with contextlib.closing(sqlite3.connect(queue_path)) as connection:
         return connection.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
 
 
@@ -241,6 +242,19 @@ def test_a_bad_config_stops_run_with_exit_2_before_touching_any_file(
     assert not (tmp_path / RESULTS_NAME).exists()
 
 
+def test_a_results_path_in_a_missing_directory_stops_run_before_the_queue_is_created(
+    tmp_path: Path
+) -> None:
+    make_ini(tmp_path, {"results": {"path": "no-such-dir/results.jsonl"}})
+
+    done = cli("run", "-c", "worker.ini", "--until-empty", cwd=tmp_path, timeout=30)
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "[results] path" in done.stderr
+    assert "no-such-dir" in done.stderr
+    assert not (tmp_path / QUEUE_NAME).exists()
+
+
 def test_the_base_config_used_for_bad_cases_does_create_the_queue_and_results(
     tmp_path: Path
 ) -> None:
@@ -364,6 +378,13 @@ def test_check_masks_a_password_inside_a_custom_provider_url(tmp_path: Path) -> 
     assert "s3cr3t" not in done.stdout + done.stderr
     assert "hunter2" not in done.stdout + done.stderr
 
+    # The startup log line of a run carries the same settings, masked the same way.
+    ran = cli("run", "-c", "worker.ini", "--until-empty", cwd=tmp_path, timeout=30, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "amqp://worker:***@127.0.0.1:5672/jobs" in ran.stderr
+    assert "s3cr3t" not in ran.stdout + ran.stderr
+    assert "hunter2" not in ran.stdout + ran.stderr
+
 
 # -- monkey-patching order ---------------------------------------------------------------
 
@@ -419,7 +440,8 @@ def test_loguru_enqueue_is_overridden_under_patching_and_every_log_line_arrives(
     make_ini(tmp_path, {"consumer": {"concurrency": "50"},
                         "logging": {"enqueue": "true", "file": "worker.log",
                                     "level": "debug"}})
-    assert cli("enqueue", "-c", "worker.ini", "jobs.jsonl", cwd=tmp_path).returncode == 0
+    enqueued = cli("enqueue", "-c", "worker.ini", "jobs.jsonl", cwd=tmp_path, timeout=30)
+    assert enqueued.returncode == 0, enqueued.stderr
 
     ran = cli("run", "-c", "worker.ini", "--until-empty", cwd=tmp_path, timeout=30)
 

@@ -18,7 +18,7 @@ from .provider import Provider
 from .results import ResultsFile
 from .settings import import_provider_class
 from .sqlite_provider import SQLiteProvider
-from .sqlite_queue import QueuedJob, SQLiteQueue
+from .sqlite_queue import SQLiteQueue
 
 #: A lease must outlast the longest task by this much, or another worker could take
 #: a job that is still running.
@@ -102,7 +102,7 @@ def build_provider(config: Config, logger: Any = None) -> Provider:
 
 
 def http_job_transformer(config: Config) -> Any:
-    """A transformer from queued HTTP jobs to promises on one shared session."""
+    """A transformer from HTTP job payloads to promises on one shared session."""
     from .http.job import HttpJobPromise
     from .http.session import build_session
 
@@ -115,8 +115,8 @@ def http_job_transformer(config: Config) -> Any:
     )
     timeout = (http.connect_timeout, http.read_timeout)
 
-    def transform(job: QueuedJob) -> HttpJobPromise:
-        return HttpJobPromise(HttpJob.from_payload(job.payload), session, timeout,
+    def transform(payload: str | bytes) -> HttpJobPromise:
+        return HttpJobPromise(HttpJob.from_payload(payload), session, timeout,
                               raise_for_status=http.raise_for_status)
 
     return transform

@@ -9,47 +9,34 @@ throughput. A crash between the two steps repeats a result line; it never loses 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 
 from .backoff import Backoff
+from .delivery import Action, Decision, DeliveryCounts, decide, undeliverable
 from .logs import as_log
 from .promise import Promise
 from .provider import Provider
 from .results import ResultsFile
 from .sqlite_queue import QueuedJob, SQLiteQueue
-from .status import Status
 
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.05
 #: A buffer this large is flushed at once instead of waiting for the interval.
 FLUSH_BATCH_SIZE = 500
 
-Transformer = Callable[[QueuedJob], Promise]
+#: Turns a stored message (the job's JSON text) into a promise.
+Transformer = Callable[[str], Promise]
 
 
 @dataclass
 class _Settlement:
-    """A final outcome waiting for the next flush."""
+    """A final decision waiting for the next flush."""
 
     job_id: int
-    record: dict[str, Any] | None
-    dead_reason: str | None = None
-
-
-@dataclass
-class ProviderCounts:
-    """Final outcomes seen by this provider, for the run summary."""
-
-    ok: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    requeued: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
+    decision: Decision
 
 
 class SQLiteProvider(Provider):
@@ -57,8 +44,8 @@ class SQLiteProvider(Provider):
 
     Args:
         queue: the queue file.
-        transformer: turns a queued job into a promise; a ``ValueError`` (or the
-            framework's ``JobError``) from it dead-letters the job at once.
+        transformer: turns a job's payload into a promise; a ``ValueError`` (the
+            framework's ``JobError`` is one) dead-letters the job at once.
         results: where final outcomes are written, one line each (optional).
         backoff: the retry schedule.
         logger: a loguru or standard logger.
@@ -81,7 +68,7 @@ class SQLiteProvider(Provider):
         self.backoff = backoff or Backoff()
         self.log = as_log(logger)
         self.flush_interval = flush_interval
-        self.counts = ProviderCounts()
+        self.counts = DeliveryCounts()
         self._buffer: list[_Settlement] = []
         self._flusher: gevent.Greenlet | None = None
         self._closed = False
@@ -105,71 +92,40 @@ class SQLiteProvider(Provider):
         if job.attempt > job.max_attempts:
             reason = (f"gave up: no outcome after {job.max_attempts} attempt(s); the "
                       f"worker stopped or hung during each (last error: {job.last_error})")
-            self.log.error("job {}: {}", job.key, reason)
-            self._bury(job, reason)
+            self._record(job, undeliverable(job.key, job.attempt - 1, reason))
             return None
 
         try:
-            promise = self.transformer(job)
+            promise = self.transformer(job.payload)
         except ValueError as error:
-            reason = f"cannot be run: {error}"
-            self.log.error("job {} (row {}) {}; dead-lettered", job.key, job.job_id, reason)
-            self._bury(job, reason)
+            self._record(job, undeliverable(job.key, job.attempt, f"cannot be run: {error}"))
             return None
 
         promise.receipt = job
         promise.attempt = job.attempt
         return promise
 
-    def _bury(self, job: QueuedJob, reason: str) -> None:
-        record = _record(job.key, "failed", job.attempt - 1, reason)
-        self._buffer.append(_Settlement(job.job_id, record, dead_reason=reason))
-        self.counts.failed += 1
-        self.counts.dead_lettered += 1
-
     # -- outcomes --------------------------------------------------------------------
 
     def settle(self, promise: Promise) -> None:
         job: QueuedJob = promise.receipt
-        outcome = promise.outcome
-        self.counts.by_status[outcome.value] = self.counts.by_status.get(outcome.value, 0) + 1
-
-        if outcome.wants_requeue:
-            self.queue.release(job.job_id)
-            self.counts.requeued += 1
-        elif outcome.wants_retry:
-            self._retry_or_bury(promise, job)
-        else:
-            self._finish(promise, job, "ok" if outcome is Status.OK else "failed")
-
+        decision = decide(promise, job.key, job.attempt, job.max_attempts, self.backoff)
+        self._record(job, decision)
         if len(self._buffer) >= FLUSH_BATCH_SIZE:
             self.flush()
 
-    def _retry_or_bury(self, promise: Promise, job: QueuedJob) -> None:
-        error = str(promise.error or promise.outcome.value)
-        if job.attempt >= job.max_attempts:
-            reason = f"gave up after {job.attempt} attempt(s): {error}"
-            record = _record(job.key, "failed", job.attempt, reason, promise)
-            self._buffer.append(_Settlement(job.job_id, record, dead_reason=reason))
-            self.counts.failed += 1
-            self.counts.dead_lettered += 1
-            self.log.error("job {} dead-lettered: {}", job.key, reason)
-            return
-
-        delay = self.backoff.delay(job.attempt, promise.retry_delay)
-        self.queue.retry(job.job_id, delay, error)
-        self.counts.retried += 1
-        self.log.debug("job {} attempt {}/{} failed; next attempt in {:.2f}s",
-                       job.key, job.attempt, job.max_attempts, delay)
-
-    def _finish(self, promise: Promise, job: QueuedJob, status: str) -> None:
-        error = None if status == "ok" else str(promise.error) if promise.error else None
-        record = _record(job.key, status, job.attempt, error, promise)
-        self._buffer.append(_Settlement(job.job_id, record))
-        if status == "ok":
-            self.counts.ok += 1
+    def _record(self, job: QueuedJob, decision: Decision) -> None:
+        self.counts.count(decision)
+        if decision.action is Action.REQUEUE:
+            self.queue.release(job.job_id)
+        elif decision.action is Action.RETRY:
+            self.queue.retry(job.job_id, decision.delay_seconds, decision.reason or "")
+            self.log.debug("job {} attempt {}/{} failed; next attempt in {:.2f}s",
+                           job.key, job.attempt, job.max_attempts, decision.delay_seconds)
         else:
-            self.counts.failed += 1
+            if decision.action is Action.DEAD_LETTER:
+                self.log.error("job {} dead-lettered: {}", job.key, decision.reason)
+            self._buffer.append(_Settlement(job.job_id, decision))
 
     # -- flushing --------------------------------------------------------------------
 
@@ -198,15 +154,17 @@ class SQLiteProvider(Provider):
         pending, self._buffer = self._buffer, []
         try:
             if self.results is not None:
-                self.results.write_many(s.record for s in pending if s.record is not None)
+                self.results.write_many(s.decision.record for s in pending
+                                        if s.decision.record is not None)
         except BaseException:
             self._buffer = pending + self._buffer
             raise
 
-        self.queue.complete_many(s.job_id for s in pending if s.dead_reason is None)
+        self.queue.complete_many(s.job_id for s in pending
+                                 if s.decision.action is Action.ACK)
         for settlement in pending:
-            if settlement.dead_reason is not None:
-                self.queue.dead_letter(settlement.job_id, settlement.dead_reason)
+            if settlement.decision.action is Action.DEAD_LETTER:
+                self.queue.dead_letter(settlement.job_id, settlement.decision.reason or "")
 
     def has_pending_work(self) -> bool:
         self.flush()
@@ -227,18 +185,3 @@ class SQLiteProvider(Provider):
 
     def describe(self) -> str:
         return f"sqlite:{self.queue.path}"
-
-
-def _record(
-    key: str, status: str, attempts: int, error: str | None, promise: Promise | None = None
-) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": key, "status": status, "status_code": None}
-    if promise is not None:
-        record.update(promise.result_fields())
-    record.update({
-        "attempts": attempts,
-        "elapsed_ms": round(promise.elapsed * 1000, 1) if promise is not None else None,
-        "error": error,
-        "finished_at": round(time.time(), 3),
-    })
-    return record

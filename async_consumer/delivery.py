@@ -1,0 +1,111 @@
+"""What a queue does with a finished task: the one rule every queue provider follows.
+
+| outcome                         | action                                             |
+|---------------------------------|----------------------------------------------------|
+| OK, FAILED (handled)            | acknowledge, after the result line is written      |
+| RETRY, ERROR, TIMEOUT           | retry after a backoff delay, until max_attempts    |
+| ... at the last attempt         | dead-letter with the reason, after the result line |
+| CANCELLED, FATAL                | requeue without spending an attempt                |
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backoff import Backoff
+from .promise import Promise
+from .status import Status
+
+
+class Action(enum.Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+    REQUEUE = "requeue"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one message, and the result line to write first (if final)."""
+
+    action: Action
+    delay_seconds: float = 0.0
+    reason: str | None = None
+    record: dict[str, Any] | None = None
+
+
+def decide(
+    promise: Promise, key: str, attempt: int, max_attempts: int, backoff: Backoff
+) -> Decision:
+    """The decision for a settled promise on its ``attempt`` of ``max_attempts``."""
+    outcome = promise.outcome
+    if outcome.wants_requeue:
+        return Decision(Action.REQUEUE)
+
+    if not outcome.wants_retry:
+        status = "ok" if outcome is Status.OK else "failed"
+        error = None if status == "ok" or promise.error is None else str(promise.error)
+        return Decision(Action.ACK, record=result_record(key, status, attempt, error, promise))
+
+    error = str(promise.error or outcome.value)
+    if attempt >= max_attempts:
+        reason = f"gave up after {attempt} attempt(s): {error}"
+        record = result_record(key, "failed", attempt, reason, promise)
+        return Decision(Action.DEAD_LETTER, reason=reason, record=record)
+
+    delay = backoff.delay(attempt, promise.retry_delay)
+    return Decision(Action.RETRY, delay_seconds=delay, reason=error)
+
+
+def undeliverable(key: str, attempts: int, reason: str) -> Decision:
+    """Dead-letter a message that never became a task (undecodable, attempts used up)."""
+    return Decision(Action.DEAD_LETTER, reason=reason,
+                    record=result_record(key, "failed", attempts, reason))
+
+
+def result_record(
+    key: str, status: str, attempts: int, error: str | None, promise: Promise | None = None
+) -> dict[str, Any]:
+    """One line of the results file."""
+    record: dict[str, Any] = {"id": key, "status": status, "status_code": None}
+    if promise is not None:
+        record.update(promise.result_fields())
+    record.update({
+        "attempts": attempts,
+        "elapsed_ms": round(promise.elapsed * 1000, 1) if promise is not None else None,
+        "error": error,
+        "finished_at": round(time.time(), 3),
+    })
+    return record
+
+
+@dataclass
+class DeliveryCounts:
+    """Final outcomes seen by a provider, for the run summary."""
+
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    by_action: dict[str, int] = field(default_factory=dict)
+
+    def count(self, decision: Decision) -> None:
+        action = decision.action
+        self.by_action[action.value] = self.by_action.get(action.value, 0) + 1
+        if action is Action.RETRY:
+            self.retried += 1
+        elif action is Action.REQUEUE:
+            self.requeued += 1
+        elif decision.record is not None and decision.record["status"] == "ok":
+            self.ok += 1
+        else:
+            self.failed += 1
+            self.dead_lettered += action is Action.DEAD_LETTER
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed

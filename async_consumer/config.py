@@ -46,7 +46,6 @@ _REFERENCE = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
 _REFERENCE_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.S)
 _REFERENCE_EXPECTED = "a reference like ${NAME} or ${NAME:-default}, or $$ for a plain $"
 
-_SQLITE_KEYS_HINT = " (other keys need a custom provider type)"
 
 _SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "key")
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^/?#\s]*@")
@@ -70,14 +69,27 @@ class ConsumerConfig:
 class ProviderConfig:
     """``[provider]``: the job source.
 
-    ``path`` and ``lease_time`` belong to the sqlite provider and are ``None`` for a
-    custom one, which instead gets every key but ``type`` as strings in ``options``.
+    Keys that do not belong to the chosen ``type`` are ``None``. A custom provider
+    instead gets every key but ``type`` as strings in ``options``.
     """
 
     type: str = s.DEFAULT_PROVIDER_TYPE
     path: Path | None = Path(s.DEFAULT_SQLITE_PATH)
     lease_time: float | None = s.DEFAULT_LEASE_TIME_SECONDS
+    url: str | None = None
+    queue: str | None = None
+    prefetch: int | None = None
+    heartbeat: float | None = None
+    claim_idle_time: float | None = None
+    poll_timeout: float | None = None
+    socket_timeout: float | None = None
+    reconnect_max: float | None = None
     options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def broker_url(self) -> str:
+        """``url``, or the local default of a broker type when it was left empty."""
+        return self.url or s.DEFAULT_BROKER_URLS.get(self.type, "")
 
 
 @dataclass(frozen=True)
@@ -451,20 +463,44 @@ class _Loader:
         provider_type = values.get("type")
         if provider_type is None:
             return values
-        if provider_type == s.PROVIDER_SQLITE:
-            return self._load_sqlite_provider(raw, values)
+        if provider_type in s.BUILTIN_PROVIDERS:
+            return self._load_builtin_provider(provider_type, raw, values)
         return self._load_custom_provider(provider_type, raw, values, import_provider)
 
-    def _load_sqlite_provider(self, raw: Mapping[str, str],
-                              values: dict[str, Any]) -> dict[str, Any]:
-        """The built-in provider takes only the keys the registry defines."""
-        self._check_keys("provider", raw, _SQLITE_KEYS_HINT)
+    def _load_builtin_provider(self, provider_type: str, raw: Mapping[str, str],
+                               values: dict[str, Any]) -> dict[str, Any]:
+        """A built-in provider takes only the registry's keys for its type."""
+        settings = [setting for setting in s.SETTINGS.in_section("provider")
+                    if setting.applies_to(provider_type)]
+        known = [setting.key for setting in settings]
+        for key in raw:
+            if key not in known:
+                self._error(
+                    s.with_suggestion("unknown key", key, known), "provider", key,
+                    expected=f"for type = {provider_type} one of: {', '.join(known)} "
+                    "(other keys need a custom provider type)",
+                )
 
-        for setting in s.SETTINGS.in_section("provider"):
+        for setting in settings:
             if setting.key != "type":
                 self._load_setting(setting, raw, values)
+        for setting in s.SETTINGS.in_section("provider"):
+            values.setdefault(setting.key, None)
         values["options"] = MappingProxyType({})
+        self._check_poll_timeout(values, raw)
         return values
+
+    def _check_poll_timeout(self, values: dict[str, Any], raw: Mapping[str, str]) -> None:
+        """A blocking read longer than the socket timeout ends in a timeout error."""
+        poll, socket_timeout = values.get("poll_timeout"), values.get("socket_timeout")
+        if poll is None or socket_timeout is None or socket_timeout >= poll + 1:
+            return
+        key = "socket_timeout" if "socket_timeout" in raw else "poll_timeout"
+        self._error(
+            "socket_timeout must exceed poll_timeout by at least 1 second, or every "
+            "empty poll would end in a Redis timeout error",
+            "provider", key, raw.get(key), f"socket_timeout >= {poll + 1:g}",
+        )
 
     def _load_custom_provider(self, provider_type: str, raw: Mapping[str, str],
                               values: dict[str, Any], import_provider: bool) -> dict[str, Any]:
@@ -478,7 +514,10 @@ class _Loader:
         if import_provider:
             self._check_import(provider_type)
 
-        values.update(path=None, lease_time=None, options=MappingProxyType(options))
+        for setting in s.SETTINGS.in_section("provider"):
+            if setting.key != "type":
+                values[setting.key] = None
+        values["options"] = MappingProxyType(options)
         return values
 
     def _check_import(self, spec: str) -> None:

@@ -29,9 +29,11 @@ def render_reference() -> str:
         parts.append("\n| key | default | expected | meaning |\n|---|---|---|---|\n")
         for setting in SETTINGS.in_section(section):
             default = setting.default_text or "(empty)"
+            scope = f" Only for type = {' or '.join(setting.providers)}." \
+                if setting.providers else ""
             parts.append(
                 f"| `{setting.key}` | `{default}` | {setting.expected} | "
-                f"{setting.description} |\n"
+                f"{setting.description}{scope} |\n"
             )
     parts.append(
         "\nA custom provider (`type = package.module:Class`) receives every other key of "

@@ -17,7 +17,7 @@ import importlib.metadata
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,24 @@ DEFAULT_STATS_INTERVAL_SECONDS = 10.0
 
 # [provider]
 PROVIDER_SQLITE = "sqlite"
+PROVIDER_RABBITMQ = "rabbitmq"
+PROVIDER_REDIS = "redis"
+BUILTIN_PROVIDERS = (PROVIDER_SQLITE, PROVIDER_RABBITMQ, PROVIDER_REDIS)
+BROKERS = (PROVIDER_RABBITMQ, PROVIDER_REDIS)
 DEFAULT_PROVIDER_TYPE = PROVIDER_SQLITE
 DEFAULT_SQLITE_PATH = "./var/queue.sqlite3"
 DEFAULT_LEASE_TIME_SECONDS = 300.0
+DEFAULT_BROKER_URLS = {
+    PROVIDER_RABBITMQ: "amqp://guest:guest@127.0.0.1:5672/%2F",
+    PROVIDER_REDIS: "redis://127.0.0.1:6379/0",
+}
+DEFAULT_QUEUE_NAME = "async_consumer"
+PREFETCH_FOLLOWS_CONCURRENCY = 0
+DEFAULT_HEARTBEAT_SECONDS = 30.0
+DEFAULT_CLAIM_IDLE_TIME_SECONDS = 300.0
+DEFAULT_POLL_TIMEOUT_SECONDS = 2.0
+DEFAULT_SOCKET_TIMEOUT_SECONDS = 10.0
+DEFAULT_RECONNECT_MAX_SECONDS = 30.0
 
 # [http]
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
@@ -119,6 +134,11 @@ class Setting:
     description: str
     check: Check | None = None
     unit: str | None = None
+    #: The provider types a ``[provider]`` key belongs to; ``None``: every section key.
+    providers: tuple[str, ...] | None = None
+
+    def applies_to(self, provider_type: str) -> bool:
+        return self.providers is None or provider_type in self.providers
 
     @property
     def default_text(self) -> str:
@@ -248,13 +268,13 @@ def choice(choices: Sequence[str], noun: str, *, upper: bool = False) -> Parser:
 
 
 def parse_provider_type(text: str, base_dir: Path) -> str:
-    """``sqlite`` or ``package.module:Class``; the import itself is tried by the loader."""
+    """A built-in type or ``package.module:Class``; the import is tried by the loader."""
     word = text.strip()
-    if word == PROVIDER_SQLITE or _IMPORT_PATH.match(word):
+    if word in BUILTIN_PROVIDERS or _IMPORT_PATH.match(word):
         return word
 
     if ":" not in word:
-        raise ValueError(with_suggestion("unknown provider", word, [PROVIDER_SQLITE]))
+        raise ValueError(with_suggestion("unknown provider", word, list(BUILTIN_PROVIDERS)))
     raise ValueError("not an import path")
 
 
@@ -382,18 +402,57 @@ _CONSUMER = (
 _PROVIDER = (
     Setting(
         "provider", "type", parse_provider_type, DEFAULT_PROVIDER_TYPE,
-        "sqlite or an import path like package.module:Class",
+        "sqlite, rabbitmq, redis, or an import path like package.module:Class",
         "The job source; any other key of a custom provider is passed to it as a string.",
     ),
     Setting(
         "provider", "path", parse_path, DEFAULT_SQLITE_PATH, _PATH_EXPECTED,
-        "The sqlite queue database (sqlite provider only).",
+        "The sqlite queue database.", providers=(PROVIDER_SQLITE,),
     ),
-    _seconds(
+    replace(_seconds(
         "provider", "lease_time", DEFAULT_LEASE_TIME_SECONDS,
-        "How long a taken job stays invisible before another worker may take it "
-        "(sqlite provider only).",
+        "How long a taken job stays invisible before another worker may take it.",
+    ), providers=(PROVIDER_SQLITE,)),
+    Setting(
+        "provider", "url", parse_string, "",
+        "amqp://user:password@host:port/vhost or redis://[:password@]host:port/db",
+        "The broker; empty means the local default (amqp://guest:guest@127.0.0.1:5672/%2F "
+        "or redis://127.0.0.1:6379/0). Put the password in ${VAR}.",
+        providers=BROKERS,
     ),
+    Setting(
+        "provider", "queue", parse_string, DEFAULT_QUEUE_NAME, "a name",
+        "The queue (RabbitMQ) or stream (Redis); retry and dead-letter queues take it as "
+        "a prefix.", check=not_empty, providers=BROKERS,
+    ),
+    Setting(
+        "provider", "prefetch", parse_int, PREFETCH_FOLLOWS_CONCURRENCY,
+        "a whole number, 0 or more",
+        "Unacknowledged messages a worker may hold; 0 follows concurrency.",
+        check=at_least(0), providers=(PROVIDER_RABBITMQ,),
+    ),
+    replace(_seconds(
+        "provider", "heartbeat", DEFAULT_HEARTBEAT_SECONDS,
+        "The AMQP heartbeat the worker asks for; a dead connection is noticed within "
+        "about twice this.",
+    ), providers=(PROVIDER_RABBITMQ,)),
+    replace(_seconds(
+        "provider", "claim_idle_time", DEFAULT_CLAIM_IDLE_TIME_SECONDS,
+        "How long a message may sit unacknowledged with a worker before another worker "
+        "claims it; must exceed task_timeout.",
+    ), providers=(PROVIDER_REDIS,)),
+    replace(_seconds(
+        "provider", "poll_timeout", DEFAULT_POLL_TIMEOUT_SECONDS,
+        "How long one blocking read of the stream waits for new messages.",
+    ), providers=(PROVIDER_REDIS,)),
+    replace(_seconds(
+        "provider", "socket_timeout", DEFAULT_SOCKET_TIMEOUT_SECONDS,
+        "How long a Redis reply may take; must exceed poll_timeout by at least 1 s.",
+    ), providers=(PROVIDER_REDIS,)),
+    replace(_seconds(
+        "provider", "reconnect_max", DEFAULT_RECONNECT_MAX_SECONDS,
+        "The longest pause between two reconnection attempts to a lost broker.",
+    ), providers=BROKERS),
 )
 
 _HTTP = (

@@ -113,7 +113,8 @@ def test_empty_sections_also_give_defaults(tmp_path: Path) -> None:
 
 
 def test_every_registered_setting_is_covered_by_a_default_test() -> None:
-    registered = {(item.section, item.key) for item in settings.SETTINGS}
+    registered = {(item.section, item.key) for item in settings.SETTINGS
+                  if item.applies_to(settings.PROVIDER_SQLITE)}
 
     assert registered - set(EXPECTED_DEFAULTS) == {
         ("provider", "path"), ("results", "path"), ("http", "user_agent"),
@@ -125,7 +126,9 @@ def test_dataclass_defaults_match_the_registry() -> None:
 
     for item in settings.SETTINGS:
         value = getattr(getattr(config, item.section), item.key)
-        if isinstance(value, Path):
+        if not item.applies_to(config.provider.type):
+            assert value is None, item.key
+        elif isinstance(value, Path):
             assert value == Path(item.default), item.key
         else:
             assert settings.format_ini_value(value) == item.default_text, item.key
@@ -137,7 +140,7 @@ def test_registry_is_ordered_and_documented() -> None:
     )
     keys = [item.key for item in settings.SETTINGS]
     assert keys[:2] == ["concurrency", "max_batch_collect_time"]
-    assert len(keys) == len(settings.SETTINGS) == 27
+    assert len(keys) == len(settings.SETTINGS) == 35
     assert all(item.description and item.expected for item in settings.SETTINGS)
     assert set(settings.SECTION_DESCRIPTIONS) == set(settings.SETTINGS.sections())
     assert settings.SETTINGS.get("consumer", "task_timeout").unit == settings.SECONDS
@@ -834,3 +837,47 @@ def test_config_imports_only_the_standard_library() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+# -- broker providers ----------------------------------------------------------------
+
+def test_a_rabbitmq_provider_gets_its_defaults_and_no_sqlite_keys(tmp_path: Path) -> None:
+    config = load_config(write_ini(tmp_path, "[provider]\ntype = rabbitmq\n"))
+
+    assert config.provider.broker_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert config.provider.queue == "async_consumer"
+    assert config.provider.prefetch == 0
+    assert config.provider.heartbeat == 30.0
+    assert config.provider.path is None and config.provider.poll_timeout is None
+
+
+def test_a_redis_provider_reads_its_url_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_PASSWORD", "hunter2")
+    ini = "[provider]\ntype = redis\nurl = redis://:${REDIS_PASSWORD}@127.0.0.1:6379/3\n"
+
+    config = load_config(write_ini(tmp_path, ini))
+
+    assert config.provider.url == "redis://:hunter2@127.0.0.1:6379/3"
+    assert "hunter2" not in str(config.describe())
+
+
+def test_a_key_of_another_provider_type_is_refused_naming_the_valid_ones(
+    tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_ini(tmp_path, "[provider]\ntype = redis\nprefetch = 10\n"))
+
+    assert "[provider] prefetch: unknown key" in str(caught.value)
+    assert "for type = redis one of:" in str(caught.value)
+
+
+def test_a_redis_socket_timeout_not_above_the_poll_timeout_is_refused(tmp_path: Path) -> None:
+    ini = "[provider]\ntype = redis\nsocket_timeout = 2\npoll_timeout = 5\n"
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_ini(tmp_path, ini))
+
+    assert "socket_timeout must exceed poll_timeout" in str(caught.value)
+    assert "expected socket_timeout >= 6" in str(caught.value)

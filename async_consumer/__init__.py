@@ -12,11 +12,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_EXPORTS: dict[str, str | None] = {
     "AsyncConsumer": "consumer",
     "Mode": "consumer",
     "Promise": "promise",
     "yield_control": "promise",
+    "producer": None,
     "Provider": "provider",
     "MemoryProvider": "provider",
     "Status": "status",
@@ -34,10 +35,13 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'async_consumer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    module_name = _EXPORTS[name]
+    if module_name is None:
+        value: Any = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(f".{module_name}", __name__), name)
     globals()[name] = value
     return value
 

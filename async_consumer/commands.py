@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import Any
 
 from loguru import logger
 
@@ -16,7 +15,8 @@ from .config import Config, load_config
 from .errors import ConfigError, FatalTaskError
 from .jobs import HttpJob, JobError, parse_job_lines
 from .logsetup import configure_logging
-from .runner import build_worker, open_queue
+from .producer import Producer, open_publisher
+from .runner import build_worker
 from .sqlite_provider import SQLiteProvider
 from .sqlite_queue import QueueError
 
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dead = _command(commands, "dead", "list or requeue dead-lettered jobs", _dead)
     dead.add_argument("action", choices=("list", "requeue"))
-    dead.add_argument("ids", nargs="*", type=int, help="row ids to requeue")
+    dead.add_argument("refs", nargs="*", help="the refs (from dead list) to requeue")
     dead.add_argument("--all", action="store_true", help="requeue every dead job")
     dead.add_argument("--limit", type=int, default=100, help="how many to list")
     return parser
@@ -95,16 +95,16 @@ def _enqueue(args: argparse.Namespace, config: Config) -> int:
               f"{len(jobs) + len(problems)}; fix them and run again", file=sys.stderr)
         return EXIT_FAILURE
 
-    queue = open_queue(config)
-    try:
-        default_attempts = config.retry.max_attempts
-        stored = queue.put_many(
-            (job.id, job.to_payload(), job.max_attempts or default_attempts) for job in jobs
-        )
-    finally:
-        queue.close()
-    print(f"accepted {stored} job(s) into {config.provider.path}")
+    with Producer(config) as producer:
+        stored = producer.enqueue(jobs)
+    print(f"accepted {stored} job(s) into {_destination(config)}")
     return EXIT_OK
+
+
+def _destination(config: Config) -> str:
+    if config.provider.type == "sqlite":
+        return str(config.provider.path)
+    return f"{config.provider.type} queue {config.provider.queue!r}"
 
 
 def _read_lines(source: str) -> list[str]:
@@ -186,12 +186,9 @@ def _summary_line(provider: Any, summary: dict[str, Any], config: Config) -> str
 
 def _check(args: argparse.Namespace, config: Config) -> int:
     described = config.describe()
-    if config.provider.type == "sqlite":
-        queue = open_queue(config)
-        try:
-            described["queue"] = queue.counts()
-        finally:
-            queue.close()
+    if config.provider.type in ("sqlite", "rabbitmq", "redis"):
+        with open_publisher(config) as publisher:
+            described["queue"] = publisher.counts()
     else:
         from .runner import build_provider
 
@@ -205,28 +202,23 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 
 
 def _dead(args: argparse.Namespace, config: Config) -> int:
-    queue = open_queue(config)
-    try:
+    with open_publisher(config) as publisher:
         if args.action == "list":
-            _print_dead(queue.list_dead(args.limit), sys.stdout)
+            for entry in publisher.list_dead(args.limit):
+                print(json.dumps(entry))
             return EXIT_OK
 
-        if not args.ids and not args.all:
-            print("async-consumer: dead requeue needs row ids or --all", file=sys.stderr)
+        if not args.refs and not args.all:
+            print("async-consumer: dead requeue needs refs (from dead list) or --all",
+                  file=sys.stderr)
             return EXIT_FAILURE
-        moved = queue.requeue_dead(None if args.all else args.ids)
+        try:
+            moved = publisher.requeue_dead(None if args.all else args.refs)
+        except JobError as error:
+            print(f"async-consumer: {error}", file=sys.stderr)
+            return EXIT_FAILURE
         print(f"requeued {moved} job(s)")
         return EXIT_OK
-    finally:
-        queue.close()
-
-
-def _print_dead(jobs: Iterable[Any], stream: TextIO) -> None:
-    for job in jobs:
-        stream.write(json.dumps({
-            "row": job.job_id, "id": job.key, "attempts": job.attempts,
-            "max_attempts": job.max_attempts, "reason": job.reason, "died_at": job.died_at,
-        }) + "\n")
 
 
 def _str_or_none(value: Any) -> str | None:

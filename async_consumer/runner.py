@@ -76,15 +76,13 @@ def build_worker(config: Config, logger: Any = None) -> Worker:
 
 
 def build_provider(config: Config, logger: Any = None) -> Provider:
+    if config.provider.type in ("rabbitmq", "redis"):
+        return _build_broker_provider(config, logger)
     if config.provider.type != "sqlite":
         return _build_custom_provider(config)
 
     check_lease_time(config)
-    try:
-        results = ResultsFile(config.results.path, fsync=config.results.fsync)
-    except OSError as error:
-        raise ConfigError(str(error), source=config.source, section="results", key="path",
-                          value=str(config.results.path), expected="a writable file path")
+    results = open_results(config)
     try:
         queue = open_queue(config)
     except BaseException:
@@ -95,10 +93,53 @@ def build_provider(config: Config, logger: Any = None) -> Provider:
         queue,
         http_job_transformer(config),
         results=results,
-        backoff=Backoff(config.retry.backoff_base, config.retry.backoff_max,
-                        config.retry.jitter),
+        backoff=backoff_from(config),
         logger=logger,
     )
+
+
+def backoff_from(config: Config) -> Backoff:
+    return Backoff(config.retry.backoff_base, config.retry.backoff_max, config.retry.jitter)
+
+
+def open_results(config: Config) -> ResultsFile:
+    try:
+        return ResultsFile(config.results.path, fsync=config.results.fsync)
+    except OSError as error:
+        raise ConfigError(str(error), source=config.source, section="results", key="path",
+                          value=str(config.results.path), expected="a writable file path")
+
+
+def _build_broker_provider(config: Config, logger: Any) -> Provider:
+    """A RabbitMQ or Redis provider; their modules import their client library."""
+    if config.provider.type == "rabbitmq":
+        from .rabbitmq_provider import RabbitMQProvider as broker_class
+    else:
+        from .redis_provider import RedisProvider as broker_class  # type: ignore[assignment]
+
+    check_claim_time(config)
+    results = open_results(config)
+    try:
+        return broker_class.from_config(
+            config, http_job_transformer(config), results=results,
+            backoff=backoff_from(config), logger=logger,
+        )
+    except BaseException:
+        results.close()
+        raise
+
+
+def check_claim_time(config: Config) -> None:
+    """A message must stay with its worker longer than the longest task."""
+    idle = config.provider.claim_idle_time
+    needed = config.consumer.task_timeout + TIMEOUT_HANDLER_GRACE_SECONDS + LEASE_MARGIN_SECONDS
+    if idle is not None and idle < needed:
+        raise ConfigError(
+            "another worker could claim a message whose task is still running",
+            source=config.source, section="provider", key="claim_idle_time", value=idle,
+            expected=f"at least {needed:g} seconds ([consumer] task_timeout plus "
+            f"{TIMEOUT_HANDLER_GRACE_SECONDS + LEASE_MARGIN_SECONDS:g}s)",
+        )
 
 
 def http_job_transformer(config: Config) -> Any:

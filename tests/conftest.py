@@ -99,3 +99,28 @@ def read_results(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def require_service(name: str, port: int, host: str = "127.0.0.1") -> None:
+    """Skip when a broker is not reachable, or fail when CI says it must be."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return
+    except OSError as error:
+        reason = f"{name} is not reachable on {host}:{port} ({error})"
+
+    if os.environ.get("ASYNC_CONSUMER_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; ASYNC_CONSUMER_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def rabbitmq() -> None:
+    require_service("RabbitMQ", 5672)
+
+
+@pytest.fixture
+def redis_server() -> None:
+    require_service("Redis", 6379)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 DEFAULT_BACKOFF_BASE_SECONDS = 1.0
 DEFAULT_BACKOFF_MAX_SECONDS = 300.0
 DEFAULT_JITTER_FRACTION = 0.5
-#: A server's Retry-After is honoured up to this; a larger value is treated as this.
-RETRY_AFTER_CAP_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -30,10 +28,11 @@ class Backoff:
     def delay(self, failed_attempt: int, requested: float | None = None) -> float:
         """Seconds to wait after ``failed_attempt`` (1 for the first) has failed.
 
-        ``requested`` (a server's Retry-After) wins over the schedule when given.
+        ``requested`` (a server's Retry-After) wins over the schedule when given, up to
+        ``maximum``: a server asking for a day does not park the job for a day.
         """
         if requested is not None:
-            return min(max(requested, 0.0), RETRY_AFTER_CAP_SECONDS)
+            return min(max(requested, 0.0), self.maximum)
 
         exponent = min(max(failed_attempt - 1, 0), 62)
         planned = min(self.base * (2 ** exponent), self.maximum)

@@ -20,6 +20,8 @@ from .runner import build_worker
 from .sqlite_provider import SQLiteProvider
 from .sqlite_queue import QueueError
 
+#: Marks a line that was not UTF-8, so that it is reported with its number.
+_UNDECODABLE = "\x00undecodable:"
 #: How many bad job lines are listed before the rest are only counted.
 MAX_REPORTED_BAD_LINES = 20
 
@@ -35,6 +37,9 @@ def run_command(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"async-consumer: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except QueueError as error:
+        print(f"async-consumer: the queue is not usable: {error}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,11 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     _command(commands, "check", "validate the file, open the provider, print the "
              "settings in force", _check)
 
-    dead = _command(commands, "dead", "list or requeue dead-lettered jobs", _dead)
-    dead.add_argument("action", choices=("list", "requeue"))
-    dead.add_argument("refs", nargs="*", help="the refs (from dead list) to requeue")
-    dead.add_argument("--all", action="store_true", help="requeue every dead job")
-    dead.add_argument("--limit", type=int, default=100, help="how many to list")
+    dead = commands.add_parser("dead", help="list or requeue dead-lettered jobs",
+                               description="list or requeue dead-lettered jobs")
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = _command(actions, "list", "print dead-lettered jobs as JSON lines", _dead)
+    listing.add_argument("--limit", type=int, default=100, help="how many to list")
+    requeue = _command(actions, "requeue", "give dead-lettered jobs another round", _dead)
+    requeue.add_argument("refs", nargs="*", help="the refs (from dead list) to requeue")
+    requeue.add_argument("--all", action="store_true", help="requeue every dead job")
     return parser
 
 
@@ -108,10 +116,24 @@ def _destination(config: Config) -> str:
 
 
 def _read_lines(source: str) -> list[str]:
+    """Lines split on newlines only: JSON strings may hold U+2028 and friends."""
     if source == "-":
-        return sys.stdin.read().splitlines()
-    with open(source, encoding="utf-8") as handle:
-        return handle.read().splitlines()
+        data = sys.stdin.buffer.read()
+    else:
+        with open(source, "rb") as handle:
+            data = handle.read()
+
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as error:
+            lines.append(_UNDECODABLE + str(error))
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def _check_job_lines(lines: list[str]) -> tuple[list[HttpJob], list[str]]:
@@ -119,6 +141,9 @@ def _check_job_lines(lines: list[str]) -> tuple[list[HttpJob], list[str]]:
     jobs: list[HttpJob] = []
     problems: list[str] = []
     for number, line in enumerate(lines, start=1):
+        if line.startswith(_UNDECODABLE):
+            problems.append(f"line {number}: not UTF-8 text ({line[len(_UNDECODABLE):]})")
+            continue
         try:
             jobs.extend(parse_job_lines([line]))
         except JobError as error:
@@ -129,8 +154,8 @@ def _check_job_lines(lines: list[str]) -> tuple[list[HttpJob], list[str]]:
 # -- run ---------------------------------------------------------------------------------
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    logger.info("settings in force: {}", json.dumps(config.describe(), default=str))
     worker = build_worker(config)
+    logger.info("settings in force: {}", json.dumps(config.describe(), default=str))
     bar = _progress_bar(worker.provider, args)
     if bar is not None:
         bar.start()
@@ -157,12 +182,13 @@ def _progress_bar(provider: Any, args: argparse.Namespace) -> Any:
     from .progress import ProgressBar
 
     def read() -> tuple[int, int]:
-        done = provider.counts.ok + provider.counts.failed
+        done = provider.counts.finished
         try:
             counts = provider.queue.counts()
         except QueueError:
             return done, 0
-        return done, counts["ready"] + counts["delayed"] + counts["leased"]
+        waiting = counts["ready"] + counts["delayed"] + counts["leased"]
+        return done, max(waiting - provider.unflushed, 0)
 
     return ProgressBar(read)
 
@@ -176,8 +202,8 @@ def _summary_line(provider: Any, summary: dict[str, Any], config: Config) -> str
         return (
             f"done: {done} job(s) in {seconds:.2f}s ({rate:.1f} jobs/s): {counts.ok} ok, "
             f"{counts.failed} failed ({counts.dead_lettered} dead-lettered), "
-            f"{counts.retried} retried; latency p50 {summary['p50_ms']} ms, "
-            f"p95 {summary['p95_ms']} ms; results in {config.results.path}"
+            f"{counts.retried} retried; latency p50 {_milliseconds(summary['p50_ms'])}, "
+            f"p95 {_milliseconds(summary['p95_ms'])}; results in {config.results.path}"
         )
     return "done: " + " ".join(f"{key}={value}" for key, value in summary.items())
 
@@ -219,6 +245,10 @@ def _dead(args: argparse.Namespace, config: Config) -> int:
             return EXIT_FAILURE
         print(f"requeued {moved} job(s)")
         return EXIT_OK
+
+
+def _milliseconds(value: Any) -> str:
+    return "n/a" if value is None else f"{value} ms"
 
 
 def _str_or_none(value: Any) -> str | None:

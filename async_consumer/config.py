@@ -100,6 +100,7 @@ class HttpConfig:
     read_timeout: float | None = s.DEFAULT_READ_TIMEOUT_SECONDS
     verify: bool | Path = s.DEFAULT_VERIFY
     pool_size: int = s.DEFAULT_POOL_SIZE
+    max_body_bytes: int = s.DEFAULT_MAX_BODY_BYTES
     raise_for_status: bool = s.DEFAULT_RAISE_FOR_STATUS
     user_agent: str = s.DEFAULT_USER_AGENT
     allow_no_timeout: bool = s.DEFAULT_ALLOW_NO_TIMEOUT
@@ -447,7 +448,7 @@ class _Loader:
 
         self._texts[name] = text
         try:
-            values[setting.key] = setting.validate(text, self.base_dir)
+            values[setting.key] = setting.validate(text, self.base_dir, setting.key in raw)
         except ValueError as exc:
             reason = str(exc)
             if setting.key in raw and raw[setting.key] != text:

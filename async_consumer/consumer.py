@@ -38,6 +38,9 @@ TIMEOUT_HANDLER_GRACE_SECONDS = 5.0
 CANCEL_GRACE_SECONDS = 2.0
 #: How often a consumer whose pool is full looks at its stop flag.
 SLOT_WAIT_SECONDS = 0.25
+#: Threads the hub's pool keeps beyond one per task slot, and the most it gets.
+RESOLVER_SPARE_THREADS = 4
+RESOLVER_MAX_THREADS = 1024
 #: Below this many free file descriptors per task slot, startup warns.
 FILES_PER_TASK = 2
 
@@ -300,9 +303,12 @@ class AsyncConsumer:
         try:
             promise.run()
         except gevent.Timeout as expired:
-            if expired is not deadline:
-                raise
-            return self._time_out(promise)
+            if expired is deadline:
+                return self._time_out(promise)
+            promise.error = expired
+            self.log.exception("task {} ({}) let a gevent.Timeout of its own escape",
+                               promise.id, promise.describe())
+            return Status.ERROR
         except RetryLater as retry:
             promise.retry_delay = retry.delay_seconds
             promise.error = retry
@@ -347,9 +353,9 @@ class AsyncConsumer:
             self.log.debug("task {} ({}) ok in {:.1f} ms", promise.id, promise.describe(),
                            milliseconds)
         elif outcome in (Status.FAILED, Status.RETRY, Status.TIMEOUT):
-            self.log.warning("task {} ({}) attempt {}: {} after {:.1f} ms: {}", promise.id,
-                             promise.describe(), promise.attempt, outcome.value, milliseconds,
-                             promise.error)
+            self.log.warning("task {} ({}) attempt {} ended as {} after {:.1f} ms: {}",
+                             promise.id, promise.describe(), promise.attempt, outcome.value,
+                             milliseconds, promise.error)
         elif outcome is Status.CANCELLED:
             self.log.info("task {} cancelled by shutdown; it will be requeued", promise.id)
 
@@ -363,6 +369,7 @@ class AsyncConsumer:
             self.max_batch_collect_time, self.task_timeout, self.shutdown_timeout,
         )
         self._warn_about_file_limit()
+        self._size_resolver_pool()
         self._next_progress_at = time.monotonic() + self.stats_interval
 
     def _warn_about_file_limit(self) -> None:
@@ -380,6 +387,20 @@ class AsyncConsumer:
                 "connections will fail with 'Too many open files'; raise LimitNOFILE "
                 "or ulimit -n", soft_limit, self.concurrency, needed,
             )
+
+    def _size_resolver_pool(self) -> None:
+        """Give every task slot a thread in the hub's pool, which name lookups use.
+
+        gevent resolves names (even IP literals) in the hub's thread pool, 10 threads
+        by default: a few lookups that hang would otherwise make every other task
+        wait for a thread and time out.
+        """
+        pool = gevent.get_hub().threadpool
+        wanted = min(self.concurrency + RESOLVER_SPARE_THREADS, RESOLVER_MAX_THREADS)
+        if pool.maxsize < wanted:
+            pool.maxsize = wanted
+        self.log.debug("resolver {} with up to {} threads", type(gevent.get_hub().resolver)
+                       .__module__, pool.maxsize)
 
     def _install_signal_handlers(self) -> list[Any]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():

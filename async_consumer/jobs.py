@@ -12,6 +12,7 @@ that a worker never meets a job it cannot run.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,10 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 JOB_KEYS = ("id", "method", "url", "headers", "params", "json", "data", "timeout",
             "max_attempts")
 MAX_ATTEMPTS_LIMIT = 1000
+MAX_TIMEOUT_SECONDS = 86400.0
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_UNSAFE_URL_CHARACTERS = re.compile(r"[\x00-\x20\x7f]")
 
 
 class JobError(AsyncConsumerError, ValueError):
@@ -63,7 +68,7 @@ class HttpJob:
     def from_payload(cls, payload: str | bytes) -> HttpJob:
         """Read a stored job back; raises :class:`JobError` if it is not one."""
         try:
-            record = json.loads(payload)
+            record = decode_json(payload)
         except (ValueError, UnicodeDecodeError) as error:
             raise JobError(f"not JSON: {error}") from None
         return parse_job(record)
@@ -101,7 +106,7 @@ def parse_job_lines(lines: Iterable[str]) -> Iterator[HttpJob]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = decode_json(line)
         except ValueError as error:
             raise JobError(f"not valid JSON ({error})", number) from None
         try:
@@ -113,9 +118,16 @@ def parse_job_lines(lines: Iterable[str]) -> Iterator[HttpJob]:
 def _check_url(url: Any) -> str:
     if not isinstance(url, str) or not url:
         raise JobError("'url' is required: an http:// or https:// address")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError as error:
+        raise JobError(f"'url' is not a valid address ({error}): {url!r}") from None
+
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise JobError(f"'url' must be an absolute http:// or https:// address, not {url!r}")
+    if _UNSAFE_URL_CHARACTERS.search(url):
+        raise JobError(f"'url' contains spaces or control characters: {url!r}")
     return url
 
 
@@ -142,15 +154,29 @@ def _check_headers(value: Any) -> dict[str, str] | None:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise JobError("'headers' must be an object of string names to string values")
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise JobError(f"header name {name!r} is not a valid HTTP token")
+        if _UNSAFE_HEADER_VALUE.search(text):
+            raise JobError(f"header {name!r} has a line break or control character")
     return value
 
 
 def _check_params(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise JobError("'params' must be an object of query parameters")
+    if not isinstance(value, dict) or not all(
+        _is_query_value(item) for item in value.values()
+    ):
+        raise JobError("'params' must be an object whose values are strings, numbers, "
+                       "booleans or lists of them")
     return value
+
+
+def _is_query_value(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(item, (str, int, float, bool)) for item in value)
+    return isinstance(value, (str, int, float, bool))
 
 
 def _check_data(value: Any) -> str | None:
@@ -166,7 +192,8 @@ def _check_timeout(value: Any) -> float | list[float] | None:
         return float(value)
     if isinstance(value, list) and len(value) == 2 and all(map(_is_positive_number, value)):
         return [float(value[0]), float(value[1])]
-    raise JobError(f"'timeout' must be seconds > 0 or [connect, read], not {value!r}")
+    raise JobError(f"'timeout' must be seconds from 0 to {MAX_TIMEOUT_SECONDS:g}, or "
+                   f"[connect, read], not {value!r}")
 
 
 def _check_max_attempts(value: Any) -> int | None:
@@ -181,4 +208,17 @@ def _check_max_attempts(value: Any) -> int | None:
 
 
 def _is_positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value <= MAX_TIMEOUT_SECONDS)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(text: str | bytes) -> Any:
+    """Strict JSON: NaN and Infinity are refused, deep nesting is an error, not a crash."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -6,6 +6,7 @@ exactly what ``async-consumer run`` builds.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,18 @@ def open_queue(config: Config) -> SQLiteQueue:
             expected="sqlite",
         )
     check_lease_time(config)
-    return SQLiteQueue(config.provider.path, lease_seconds=config.provider.lease_time or 300)
+    try:
+        return SQLiteQueue(config.provider.path,
+                           lease_seconds=config.provider.lease_time or 300)
+    except ConfigError as error:
+        raise ConfigError(error.reason, source=config.source, section="provider", key="path",
+                          value=str(config.provider.path), expected=error.expected)
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(
+            f"not a usable queue file: {error}", source=config.source, section="provider",
+            key="path", value=str(config.provider.path),
+            expected="a queue file made by async-consumer, or a path for a new one",
+        )
 
 
 def check_lease_time(config: Config) -> None:
@@ -81,12 +93,11 @@ def build_provider(config: Config, logger: Any = None) -> Provider:
     if config.provider.type != "sqlite":
         return _build_custom_provider(config)
 
-    check_lease_time(config)
-    results = open_results(config)
+    queue = open_queue(config)
     try:
-        queue = open_queue(config)
+        results = open_results(config)
     except BaseException:
-        results.close()
+        queue.close()
         raise
 
     return SQLiteProvider(
@@ -158,7 +169,8 @@ def http_job_transformer(config: Config) -> Any:
 
     def transform(payload: str | bytes) -> HttpJobPromise:
         return HttpJobPromise(HttpJob.from_payload(payload), session, timeout,
-                              raise_for_status=http.raise_for_status)
+                              raise_for_status=http.raise_for_status,
+                              max_body_bytes=http.max_body_bytes or None)
 
     return transform
 

@@ -72,6 +72,7 @@ DEFAULT_VERIFY = True
 POOL_SIZE_FOLLOWS_CONCURRENCY = 0
 DEFAULT_POOL_SIZE = POOL_SIZE_FOLLOWS_CONCURRENCY
 DEFAULT_RAISE_FOR_STATUS = True
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_USER_AGENT = f"async-consumer/{_package_version()}"
 DEFAULT_ALLOW_NO_TIMEOUT = False
 
@@ -136,6 +137,9 @@ class Setting:
     unit: str | None = None
     #: The provider types a ``[provider]`` key belongs to; ``None``: every section key.
     providers: tuple[str, ...] | None = None
+    #: How the default is read when the file does not set the key (default: ``parse``);
+    #: the default files' directory is created by the component that uses it.
+    parse_default: Parser | None = None
 
     def applies_to(self, provider_type: str) -> bool:
         return self.providers is None or provider_type in self.providers
@@ -145,9 +149,10 @@ class Setting:
         """The default spelled as it would be written in the INI file."""
         return format_ini_value(self.default)
 
-    def validate(self, text: str, base_dir: Path) -> Any:
+    def validate(self, text: str, base_dir: Path, given: bool = True) -> Any:
         """Parse and check ``text``; raise ``ValueError(reason)`` when it is unusable."""
-        value = self.parse(text, base_dir)
+        parse = self.parse if given or self.parse_default is None else self.parse_default
+        value = parse(text, base_dir)
 
         reason = self.check(value) if self.check else None
         if reason:
@@ -179,6 +184,8 @@ def with_suggestion(reason: str, word: str, choices: Sequence[str]) -> str:
 def parse_int(text: str, base_dir: Path) -> int:
     """A whole number; ``10.0`` is refused so that a fraction is never truncated."""
     try:
+        if "_" in text:
+            raise ValueError
         return int(text)
     except ValueError:
         raise ValueError("not a whole number") from None
@@ -229,11 +236,25 @@ def parse_path(text: str, base_dir: Path) -> Path:
     return base_dir / Path(text).expanduser()
 
 
+def parse_file_path(text: str, base_dir: Path) -> Path:
+    """A file to create or open, whose directory must already exist.
+
+    Directories are not created on the fly: a typo in a path should be an error at
+    start, not a tree of new directories somewhere.
+    """
+    path = parse_path(text, base_dir)
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError("is a directory, not a file")
+    return path
+
+
 def parse_optional_path(text: str, base_dir: Path) -> Path | None:
     """A path where empty means "none" (for example: log to stderr)."""
     if not text.strip():
         return None
-    return parse_path(text, base_dir)
+    return parse_file_path(text, base_dir)
 
 
 def parse_verify(text: str, base_dir: Path) -> bool | Path:
@@ -335,6 +356,7 @@ _BOOL_EXPECTED = "true or false (also yes/no, on/off, 1/0)"
 _POSITIVE_SECONDS = "a number of seconds greater than 0"
 _NON_NEGATIVE_SECONDS = "a number of seconds, 0 or more"
 _PATH_EXPECTED = "a file path (a relative path starts at the INI file's directory)"
+_FILE_EXPECTED = "a file path in an existing directory (relative to the INI file's directory)"
 
 
 def _seconds(section: str, key: str, default: float, description: str, *,
@@ -406,8 +428,8 @@ _PROVIDER = (
         "The job source; any other key of a custom provider is passed to it as a string.",
     ),
     Setting(
-        "provider", "path", parse_path, DEFAULT_SQLITE_PATH, _PATH_EXPECTED,
-        "The sqlite queue database.", providers=(PROVIDER_SQLITE,),
+        "provider", "path", parse_file_path, DEFAULT_SQLITE_PATH, _FILE_EXPECTED,
+        "The sqlite queue database.", providers=(PROVIDER_SQLITE,), parse_default=parse_path,
     ),
     replace(_seconds(
         "provider", "lease_time", DEFAULT_LEASE_TIME_SECONDS,
@@ -475,6 +497,13 @@ _HTTP = (
         "Connections kept per host; 0 means one per concurrent task.",
         check=at_least(0),
     ),
+    Setting(
+        "http", "max_body_bytes", parse_int, DEFAULT_MAX_BODY_BYTES,
+        "a whole number of bytes, 0 or more (0: no limit)",
+        "A response body larger than this (after decompression) fails the job instead "
+        "of filling the worker's memory.",
+        check=at_least(0),
+    ),
     _flag(
         "http", "raise_for_status", DEFAULT_RAISE_FOR_STATUS,
         "Whether a 4xx or 5xx answer counts as a failure.",
@@ -516,8 +545,8 @@ _RETRY = (
 
 _RESULTS = (
     Setting(
-        "results", "path", parse_path, DEFAULT_RESULTS_PATH, _PATH_EXPECTED,
-        "The JSON-lines file each finished job is appended to.",
+        "results", "path", parse_file_path, DEFAULT_RESULTS_PATH, _FILE_EXPECTED,
+        "The JSON-lines file each finished job is appended to.", parse_default=parse_path,
     ),
     _flag(
         "results", "fsync", DEFAULT_RESULTS_FSYNC,

@@ -27,6 +27,11 @@ DEFAULT_FLUSH_INTERVAL_SECONDS = 0.05
 #: A buffer this large is flushed at once instead of waiting for the interval.
 FLUSH_BATCH_SIZE = 500
 
+#: Deliveries lost to a worker that died (SIGKILL, OOM) beyond ``max_attempts`` before a
+#: job is buried: a crash is rarely the job's fault, but a job that kills every worker
+#: must not be delivered forever.
+LOST_DELIVERY_GRACE = 2
+
 #: Turns a stored message (the job's JSON text) into a promise.
 Transformer = Callable[[str], Promise]
 
@@ -89,8 +94,8 @@ class SQLiteProvider(Provider):
         return promises
 
     def _to_promise(self, job: QueuedJob) -> Promise | None:
-        if job.attempt > job.max_attempts:
-            reason = (f"gave up: no outcome after {job.max_attempts} attempt(s); the "
+        if job.attempt > job.max_attempts + LOST_DELIVERY_GRACE:
+            reason = (f"gave up: no outcome after {job.attempt - 1} deliveries; the "
                       f"worker stopped or hung during each (last error: {job.last_error})")
             self._record(job, undeliverable(job.key, job.attempt - 1, reason))
             return None
@@ -165,6 +170,11 @@ class SQLiteProvider(Provider):
         for settlement in pending:
             if settlement.decision.action is Action.DEAD_LETTER:
                 self.queue.dead_letter(settlement.job_id, settlement.decision.reason or "")
+
+    @property
+    def unflushed(self) -> int:
+        """Finished jobs whose results and acknowledgements wait for the next flush."""
+        return len(self._buffer)
 
     def has_pending_work(self) -> bool:
         self.flush()

@@ -50,7 +50,8 @@ class ConsumerStats:
 
     def record(self, promise_outcome: Status, elapsed_seconds: float) -> None:
         self.by_outcome[promise_outcome] = self.by_outcome.get(promise_outcome, 0) + 1
-        self.latencies.add(elapsed_seconds)
+        if not promise_outcome.wants_requeue:
+            self.latencies.add(elapsed_seconds)
 
     def count(self, *outcomes: Status) -> int:
         return sum(self.by_outcome.get(outcome, 0) for outcome in outcomes)

@@ -75,6 +75,7 @@ EXPECTED_DEFAULTS = {
     ("http", "read_timeout"): 30.0,
     ("http", "verify"): True,
     ("http", "pool_size"): 0,
+    ("http", "max_body_bytes"): 10 * 1024 * 1024,
     ("http", "raise_for_status"): True,
     ("http", "allow_no_timeout"): False,
     ("retry", "max_attempts"): 5,
@@ -140,7 +141,7 @@ def test_registry_is_ordered_and_documented() -> None:
     )
     keys = [item.key for item in settings.SETTINGS]
     assert keys[:2] == ["concurrency", "max_batch_collect_time"]
-    assert len(keys) == len(settings.SETTINGS) == 35
+    assert len(keys) == len(settings.SETTINGS) == 36
     assert all(item.description and item.expected for item in settings.SETTINGS)
     assert set(settings.SECTION_DESCRIPTIONS) == set(settings.SETTINGS.sections())
     assert settings.SETTINGS.get("consumer", "task_timeout").unit == settings.SECONDS
@@ -683,6 +684,8 @@ def test_relative_paths_start_at_the_ini_directory(
     monkeypatch.chdir(elsewhere)
     conf_dir = tmp_path / "etc"
     conf_dir.mkdir()
+    for directory in (conf_dir / "data", tmp_path / "out", conf_dir / "logs"):
+        directory.mkdir()
     path = write_ini(conf_dir, """
         [provider]
         path = data/queue.db
@@ -715,16 +718,17 @@ def test_relative_ini_path_still_resolves_against_its_directory(
 def test_absolute_path_is_kept(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     target = tmp_path / "elsewhere" / "r.jsonl"
+    target.parent.mkdir()
     path = write_ini(tmp_path / "etc", f"[results]\npath = {target}\n")
 
     assert load_config(path).results.path == target
 
 
-def test_parse_config_uses_the_given_base_dir() -> None:
-    config = parse_config("[logging]\nfile = w.log\n", "inline", Path("/srv/ac"))
+def test_parse_config_uses_the_given_base_dir(tmp_path: Path) -> None:
+    config = parse_config("[logging]\nfile = w.log\n", "inline", tmp_path)
 
-    assert config.logging.file == Path("/srv/ac/w.log")
-    assert config.provider.path == Path("/srv/ac/var/queue.sqlite3")
+    assert config.logging.file == tmp_path / "w.log"
+    assert config.provider.path == tmp_path / "var" / "queue.sqlite3"
     assert config.source == "inline"
 
 
@@ -881,3 +885,24 @@ def test_a_redis_socket_timeout_not_above_the_poll_timeout_is_refused(tmp_path: 
 
     assert "socket_timeout must exceed poll_timeout" in str(caught.value)
     assert "expected socket_timeout >= 6" in str(caught.value)
+
+
+@pytest.mark.parametrize("section, key", [
+    ("provider", "path"), ("results", "path"), ("logging", "file"),
+])
+def test_a_file_in_a_missing_directory_is_refused_not_created(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    ini = write_ini(tmp_path, f"[{section}]\n{key} = nowhere/deeper/file\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(ini)
+
+    assert f"[{section}] {key}: directory" in str(caught.value)
+    assert "does not exist" in str(caught.value)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_underscores_in_whole_numbers_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a whole number"):
+        load_config(write_ini(tmp_path, "[consumer]\nconcurrency = 1_0\n"))

@@ -24,8 +24,15 @@ def test_the_readme_carries_the_current_ini_reference():
     )
 
 
-def test_the_example_worker_ini_is_valid():
-    config = load_config(REPO / "deploy" / "worker.ini")
+def load_with_state_dir(text: str, directory: Path):
+    """Load an example whose files live in /var/lib/async-consumer, moved to ``directory``."""
+    ini = directory / "worker.ini"
+    ini.write_text(text.replace("/var/lib/async-consumer", str(directory)))
+    return load_config(ini)
+
+
+def test_the_example_worker_ini_is_valid(tmp_path):
+    config = load_with_state_dir((REPO / "deploy" / "worker.ini").read_text(), tmp_path)
 
     assert config.consumer.concurrency == 100
     assert config.logging.format == "json"
@@ -34,9 +41,7 @@ def test_the_example_worker_ini_is_valid():
 def test_the_readme_ini_example_is_valid(tmp_path):
     readme = (REPO / "README.md").read_text()
     block = readme.split("```ini\n", 1)[1].split("```", 1)[0]
-    ini = tmp_path / "readme.ini"
-    ini.write_text(block)
 
-    config = load_config(ini)
+    config = load_with_state_dir(block, tmp_path)
 
     assert config.consumer.concurrency == 100

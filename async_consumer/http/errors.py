@@ -28,8 +28,10 @@ def to_promise_error(error: BaseException, promise: Any = None) -> PromiseError:
 def is_transient(error: PromiseError) -> bool:
     """Whether trying the same request again later may well succeed.
 
-    True for connection failures, timeouts (the HTTP client's or the task's own) and
-    for the answers 429, 502, 503 and 504.
+    True for connection failures (but not TLS verification failures, which the same
+    request will meet again), connections closed in the middle of a response,
+    timeouts (the HTTP client's or the task's own) and the answers 429, 502, 503 and
+    504.
     """
     if isinstance(error, TaskTimeout):
         return True
@@ -39,4 +41,7 @@ def is_transient(error: PromiseError) -> bool:
         return response.status_code in TRANSIENT_STATUS_CODES
 
     cause = error.__cause__
-    return isinstance(cause, (requests.ConnectionError, requests.Timeout))
+    if isinstance(cause, requests.exceptions.SSLError):
+        return False
+    return isinstance(cause, (requests.ConnectionError, requests.Timeout,
+                              requests.exceptions.ChunkedEncodingError))

@@ -22,13 +22,15 @@ class JobRequestFactory(RequestFactory):
 
     def create(self) -> requests.Request:
         job = self.job
+        headers = dict(job.headers or {})
+        data: str | None = job.data
+        body_json = job.json if job.has_json else None
+        if job.has_json and job.json is None:
+            # requests reads json=None as "no body"; the job asked for a JSON null.
+            data = "null"
+            headers.setdefault("Content-Type", "application/json")
         return requests.Request(
-            job.method,
-            job.url,
-            headers=job.headers,
-            params=job.params,
-            json=job.json if job.has_json else None,
-            data=job.data,
+            job.method, job.url, headers=headers, params=job.params, json=body_json, data=data,
         )
 
 
@@ -64,6 +66,7 @@ class HttpJobPromise(RequestsPromise):
         session: requests.Session | None,
         timeout: Timeout,
         raise_for_status: bool = True,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.job = job
         self.outcome_handler = JobResultHandler()
@@ -74,6 +77,7 @@ class HttpJobPromise(RequestsPromise):
             session=session,
             timeout=job_timeout or timeout,
             raise_for_status=raise_for_status,
+            max_body_bytes=max_body_bytes,
             task_id=job.id,
         )
 

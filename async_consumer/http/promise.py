@@ -16,6 +16,14 @@ from ..status import Status
 from .errors import to_promise_error
 from .session import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, Timeout, shared_session
 
+#: Bodies larger than this fail the request unless the promise says otherwise.
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+BODY_CHUNK_BYTES = 64 * 1024
+
+
+class BodyTooLarge(PromiseError):
+    """A response body went past the promise's ``max_body_bytes``."""
+
 
 class RequestFactory(abc.ABC):
     """Builds the request a promise sends; called in the task's greenlet."""
@@ -56,6 +64,8 @@ class RequestsPromise(Promise):
             the original library did); ``False`` sends every answer to ``on_success``.
         stream: do not read the body before calling ``on_success``; the handler reads
             what it needs from ``response.raw`` or ``iter_content`` before returning.
+        max_body_bytes: a larger body (after decompression) fails the request with a
+            ``PromiseError`` instead of filling the worker's memory; ``None``: no limit.
         task_id: names the task in logs and results.
 
     The response is always closed once the handler returns or raises, so a handler
@@ -71,6 +81,7 @@ class RequestsPromise(Promise):
         *,
         raise_for_status: bool = True,
         stream: bool | None = None,
+        max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
         task_id: str | None = None,
     ) -> None:
         super().__init__(task_id)
@@ -82,6 +93,7 @@ class RequestsPromise(Promise):
         self.timeout = timeout
         self.raise_for_status = raise_for_status
         self.stream = stream
+        self.max_body_bytes = max_body_bytes
         self.request: requests.PreparedRequest | None = None
         self.response: requests.Response | None = None
 
@@ -95,6 +107,10 @@ class RequestsPromise(Promise):
         except requests.RequestException as error:
             self._fail(to_promise_error(error, self))
             return
+        except BodyTooLarge as error:
+            error.promise = self
+            self._fail(error)
+            return
 
         self.response = response
         try:
@@ -103,8 +119,15 @@ class RequestsPromise(Promise):
             response.close()
 
     def _send(self, session: requests.Session, request: requests.PreparedRequest) -> Any:
-        settings = session.merge_environment_settings(request.url, {}, self.stream, None, None)
-        return session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
+        # The session's own verify setting is passed on purpose: with None, requests
+        # lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override a configured bundle or False.
+        settings = session.merge_environment_settings(
+            request.url, {}, True, session.verify, None
+        )
+        response = session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
+        if not self.stream:
+            _read_body(response, self.max_body_bytes)
+        return response
 
     def _deliver(self, response: requests.Response) -> None:
         if self.raise_for_status and response.status_code >= 400:
@@ -129,7 +152,36 @@ class RequestsPromise(Promise):
         request = self.request
         if request is None:
             return type(self).__name__
-        return f"{request.method} {urlsplit(request.url or '').netloc}"
+        return f"{request.method} {_host_and_port(request.url or '')}"
+
+
+def _host_and_port(url: str) -> str:
+    """The host of a URL without any user name or password, for log lines."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    return f"{host}:{port}" if port else host
+
+
+def _read_body(response: requests.Response, limit: int | None) -> None:
+    """Read the body into ``response.content``, refusing one larger than ``limit``."""
+    chunks = []
+    size = 0
+    for chunk in response.iter_content(BODY_CHUNK_BYTES):
+        size += len(chunk)
+        if limit is not None and size > limit:
+            response.close()
+            raise BodyTooLarge(
+                f"the response body is larger than max_body_bytes ({limit} bytes)",
+                response=response,
+            )
+        chunks.append(chunk)
+
+    response._content = b"".join(chunks)
+    response._content_consumed = True
 
 
 def _prepare(

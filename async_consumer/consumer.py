@@ -200,7 +200,7 @@ class AsyncConsumer:
             if until_empty and self._drained():
                 self.log.info("the provider is empty and no task is in flight: finishing")
                 return
-            self._pause_while_idle(idle.next())
+            self._pause_while_idle(self._idle_pause(idle))
 
     def _wait_for_free_slot(self) -> bool:
         if self.pool.free_count() > 0:
@@ -269,6 +269,17 @@ class AsyncConsumer:
             self.log.exception("provider {} could not tell whether work is pending",
                                self.provider.describe())
             return False
+
+    def _idle_pause(self, idle: _IdleBackoff) -> float:
+        """The backoff pause, cut short when the provider knows work is due sooner."""
+        pause = idle.next()
+        try:
+            due = self.provider.seconds_until_ready()
+        except Exception:
+            return pause
+        if due is None:
+            return pause
+        return min(pause, max(due, IDLE_POLL_MIN_SECONDS))
 
     def _pause_while_idle(self, seconds: float) -> None:
         """Sleep, but wake as soon as the last in-flight task ends."""

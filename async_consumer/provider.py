@@ -52,6 +52,14 @@ class Provider(abc.ABC):
         """
         return False
 
+    def seconds_until_ready(self) -> float | None:
+        """How soon delayed work (a retry) becomes ready, if the provider knows.
+
+        The consumer then idles no longer than that, so a retry starts on time instead
+        of up to ``idle_poll_max`` late. ``None``: unknown or nothing delayed.
+        """
+        return None
+
     def close(self) -> None:
         """Flush outstanding acknowledgements and release resources."""
 

@@ -176,6 +176,9 @@ class SQLiteProvider(Provider):
         """Finished jobs whose results and acknowledgements wait for the next flush."""
         return len(self._buffer)
 
+    def seconds_until_ready(self) -> float | None:
+        return self.queue.seconds_until_next()
+
     def has_pending_work(self) -> bool:
         self.flush()
         return self.queue.has_pending()

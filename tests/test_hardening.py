@@ -300,3 +300,22 @@ def test_dead_requeue_takes_its_options_before_or_after_the_refs(tmp_path: Path,
 
     assert moved.returncode == 0, moved.stderr
     assert "requeued 1 job(s)" in moved.stdout
+
+
+def test_a_retry_starts_when_its_delay_ends_not_up_to_a_poll_interval_later(tmp_path, target):
+    from async_consumer.config import Config
+    from async_consumer.runner import http_job_transformer
+
+    queue = SQLiteQueue(tmp_path / "queue.sqlite3")
+    queue.put_many([("busy", json.dumps({"url": f"{target.url}/status/503"}), 3)])
+    provider = SQLiteProvider(queue, http_job_transformer(Config()),
+                              backoff=Backoff(base=0.7, maximum=0.7, jitter=0))
+    consumer = AsyncConsumer(provider, 2, 0.0, idle_poll_max=5.0, handle_signals=False)
+
+    started = time.monotonic()
+    consumer.consume(until_empty=True)
+    elapsed = time.monotonic() - started
+
+    assert provider.counts.retried == 2 and provider.counts.dead_lettered == 1
+    # two retries due 0.7 s apart: 1.4 s; a doubling idle pause overshoots each by ~0.6 s
+    assert 1.35 < elapsed < 1.9, elapsed

@@ -17,8 +17,9 @@ from .jobs import HttpJob, JobError, parse_job_lines
 from .logsetup import configure_logging
 from .producer import Producer, open_publisher
 from .runner import build_worker
+from .delivery import DeliveryCounts
 from .sqlite_provider import SQLiteProvider
-from .sqlite_queue import QueueError
+from .errors import QueueError
 
 #: Marks a line that was not UTF-8, so that it is reported with its number.
 _UNDECODABLE = "\x00undecodable:"
@@ -195,8 +196,8 @@ def _progress_bar(provider: Any, args: argparse.Namespace) -> Any:
 
 def _summary_line(provider: Any, summary: dict[str, Any], config: Config) -> str:
     seconds = summary["seconds"]
-    if isinstance(provider, SQLiteProvider):
-        counts = provider.counts
+    counts = getattr(provider, "counts", None)
+    if isinstance(counts, DeliveryCounts):
         done = counts.ok + counts.failed
         rate = done / seconds if seconds else 0.0
         return (

@@ -20,6 +20,12 @@ from .promise import Promise
 from .status import Status
 
 
+#: Deliveries lost to a worker that died (SIGKILL, OOM) allowed beyond ``max_attempts``
+#: before a message is buried: a crash is rarely the job's fault, but a job that kills
+#: every worker must not be delivered forever.
+LOST_DELIVERY_GRACE = 2
+
+
 class Action(enum.Enum):
     ACK = "ack"
     RETRY = "retry"

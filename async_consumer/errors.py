@@ -58,6 +58,10 @@ class ConfigError(AsyncConsumerError):
         return text
 
 
+class QueueError(AsyncConsumerError):
+    """The queue cannot do what was asked: lock wait ran out, closed, used after fork."""
+
+
 class PromiseError(AsyncConsumerError):
     """The error a handler's ``on_exception`` receives.
 

@@ -16,7 +16,14 @@ from typing import Any
 import gevent
 
 from .backoff import Backoff
-from .delivery import Action, Decision, DeliveryCounts, decide, undeliverable
+from .delivery import (
+    LOST_DELIVERY_GRACE,
+    Action,
+    Decision,
+    DeliveryCounts,
+    decide,
+    undeliverable,
+)
 from .logs import as_log
 from .promise import Promise
 from .provider import Provider
@@ -26,11 +33,6 @@ from .sqlite_queue import QueuedJob, SQLiteQueue
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.05
 #: A buffer this large is flushed at once instead of waiting for the interval.
 FLUSH_BATCH_SIZE = 500
-
-#: Deliveries lost to a worker that died (SIGKILL, OOM) beyond ``max_attempts`` before a
-#: job is buried: a crash is rarely the job's fault, but a job that kills every worker
-#: must not be delivered forever.
-LOST_DELIVERY_GRACE = 2
 
 #: Turns a stored message (the job's JSON text) into a promise.
 Transformer = Callable[[str], Promise]

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from async_consumer.errors import AsyncConsumerError, ConfigError
+from async_consumer.errors import ConfigError, QueueError
 
 __all__ = ["DeadJob", "QueueError", "QueuedJob", "SQLiteQueue"]
 
@@ -141,10 +141,6 @@ _COUNT_LIVE = """
            COALESCE(SUM(available_at > :now AND lease_owner IS NOT NULL), 0)
     FROM jobs
 """
-
-
-class QueueError(AsyncConsumerError):
-    """The queue cannot do what was asked: lock wait ran out, closed, used after fork."""
 
 
 @dataclass(frozen=True)

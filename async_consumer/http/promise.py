@@ -125,7 +125,8 @@ class RequestsPromise(Promise):
             request.url, {}, True, session.verify, None
         )
         response = session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
-        if not self.stream:
+        streamed = session.stream if self.stream is None else self.stream
+        if not streamed:
             _read_body(response, self.max_body_bytes)
         return response
 
@@ -181,7 +182,7 @@ def _read_body(response: requests.Response, limit: int | None) -> None:
         chunks.append(chunk)
 
     response._content = b"".join(chunks)
-    response._content_consumed = True
+    response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def _prepare(

@@ -10,12 +10,12 @@ CONFIG ?= deploy/worker.ini
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-init: $(BIN)/async-consumer  ## create .venv and install the package with its dev tools
+init: $(BIN)/async-consumer  ## create .venv with the package, its broker clients and dev tools
 
 $(BIN)/async-consumer: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,rabbitmq,redis]'
 	touch $@
 
 $(HTTPBIN_VENV)/bin/python:

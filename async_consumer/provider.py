@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import abc
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .promise import Promise
+
+#: Turns a raw queue message (the job's JSON text, or any text a custom producer
+#: wrote) into a promise; raising ``ValueError`` dead-letters the message at once.
+Transformer = Callable[[str], Promise]
 
 
 class Provider(abc.ABC):

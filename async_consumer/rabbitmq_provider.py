@@ -64,7 +64,7 @@ from .logs import as_log
 from .patching import ensure_cooperative
 from .producer import Message, Publisher
 from .promise import Promise
-from .provider import Provider
+from .provider import Provider, Transformer
 from .results import ResultsFile
 from .settings import (
     DEFAULT_HEARTBEAT_SECONDS,
@@ -126,9 +126,6 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.AuthenticationError,
     pika.exceptions.ChannelClosedByBroker,
 )
-
-#: Turns a message body (the job's JSON text) into a promise.
-Transformer = Callable[[str], Promise]
 
 
 # -- topology and wire format, shared by the provider and the publisher -----------------

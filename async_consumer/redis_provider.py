@@ -91,7 +91,7 @@ from .jobs import JobError
 from .logs import Log, as_log
 from .producer import Message, Publisher
 from .promise import Promise
-from .provider import Provider
+from .provider import Provider, Transformer
 from .results import ResultsFile
 
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.05
@@ -119,8 +119,6 @@ OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
 FETCH = "fetch"
 WRITE = "write"
 
-#: Turns a message (the job's JSON text) into a promise.
-Transformer = Callable[[str], Promise]
 #: Makes the client for a role ("reader" or "writer"); tests wrap the client here.
 ClientFactory = Callable[[str], "redis.Redis"]
 

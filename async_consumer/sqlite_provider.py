@@ -9,7 +9,6 @@ throughput. A crash between the two steps repeats a result line; it never loses 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +25,13 @@ from .delivery import (
 )
 from .logs import as_log
 from .promise import Promise
-from .provider import Provider
+from .provider import Provider, Transformer
 from .results import ResultsFile
 from .sqlite_queue import QueuedJob, SQLiteQueue
 
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.05
 #: A buffer this large is flushed at once instead of waiting for the interval.
 FLUSH_BATCH_SIZE = 500
-
-#: Turns a stored message (the job's JSON text) into a promise.
-Transformer = Callable[[str], Promise]
 
 
 @dataclass

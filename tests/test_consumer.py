@@ -421,57 +421,42 @@ def test_the_patching_self_check_passes_after_patch_all_and_names_a_leftover_epo
     assert "select.epoll survived monkey-patching" in result.stdout
 
 
+#: Runs ``count`` GETs of ``url`` through a consumer and prints a PatchError if raised.
+HTTP_BATCH_SCRIPT = """
+import time
+import requests
+from async_consumer import AsyncConsumer, MemoryProvider, PatchError
+from async_consumer.http import RequestsPromise, RequestFactory, ResponseHandler
+
+class Factory(RequestFactory):
+    def create(self):
+        return requests.Request("GET", {url!r})
+
+class Handler(ResponseHandler):
+    def on_success(self, response): pass
+    def on_exception(self, error): pass
+
+tasks = [RequestsPromise(Factory(), Handler()) for _ in range({count})]
+started = time.monotonic()
+try:
+    AsyncConsumer(MemoryProvider(tasks), {count}, 0.0).consume(until_empty=True)
+except PatchError as error:
+    print("refused after", round(time.monotonic() - started, 1), "s:", error)
+"""
+
+
 def test_http_tasks_in_an_unpatched_process_are_refused_not_run_one_by_one(target):
-    result = run_python(f"""
-        import time
-        import requests
-        from async_consumer import AsyncConsumer, MemoryProvider, PatchError
-        from async_consumer.http import RequestsPromise, RequestFactory, ResponseHandler
-
-        class Factory(RequestFactory):
-            def create(self):
-                return requests.Request("GET", "{target.url}/delay/1000")
-
-        class Handler(ResponseHandler):
-            def on_success(self, response): pass
-            def on_exception(self, error): pass
-
-        tasks = [RequestsPromise(Factory(), Handler()) for _ in range(10)]
-        started = time.monotonic()
-        try:
-            AsyncConsumer(MemoryProvider(tasks), 10, 0.0).consume(until_empty=True)
-        except PatchError as error:
-            print("refused after", round(time.monotonic() - started, 1), "s:", error)
-    """)
+    result = run_python(HTTP_BATCH_SCRIPT.format(url=f"{target.url}/delay/1000", count=10))
 
     assert "refused after 0.0 s" in result.stdout, result.stdout + result.stderr
     assert "not monkey-patched socket" in result.stdout
 
 
 def test_patching_after_requests_was_imported_is_diagnosed_naming_urllib3(target):
-    result = run_python(f"""
-        import async_consumer.http
-        import ssl
-        from gevent import monkey; monkey.patch_all()
-        import requests
-        from async_consumer import AsyncConsumer, MemoryProvider, PatchError
-        from async_consumer.http import RequestsPromise, RequestFactory, ResponseHandler
+    late_patch = "import async_consumer.http\nimport ssl\n" \
+        "from gevent import monkey; monkey.patch_all()\n"
+    result = run_python(late_patch + HTTP_BATCH_SCRIPT.format(url=f"{target.url}/ok", count=1))
 
-        class Factory(RequestFactory):
-            def create(self):
-                return requests.Request("GET", "{target.url}/ok")
-
-        class Handler(ResponseHandler):
-            def on_success(self, response): pass
-            def on_exception(self, error): pass
-
-        try:
-            AsyncConsumer(MemoryProvider([RequestsPromise(Factory(), Handler())]), 1, 0.0
-                          ).consume(until_empty=True)
-        except PatchError as error:
-            print("diagnosis:", error)
-    """)
-
-    assert "diagnosis: gevent patched ssl too late" in result.stdout, result.stderr
+    assert "gevent patched ssl too late" in result.stdout, result.stderr
     assert "urllib3" in result.stdout
     assert "maximum recursion depth" not in result.stderr

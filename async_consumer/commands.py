@@ -16,7 +16,7 @@ from .errors import ConfigError, FatalTaskError
 from .jobs import HttpJob, JobError, parse_job_lines
 from .logsetup import configure_logging
 from .producer import Producer, open_publisher
-from .runner import build_worker
+from .runner import build_worker, check_claim_time, check_lease_time
 from .delivery import DeliveryCounts
 from .sqlite_provider import SQLiteProvider
 from .errors import QueueError
@@ -41,6 +41,18 @@ def run_command(argv: list[str] | None = None) -> int:
     except QueueError as error:
         print(f"async-consumer: the queue is not usable: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as error:
+        if not _is_broker_client_error(error):
+            raise
+        print(f"async-consumer: the broker refused or failed: {type(error).__name__}: "
+              f"{error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _is_broker_client_error(error: Exception) -> bool:
+    """An error raised by the redis or pika client: one line for the operator, not a
+    traceback."""
+    return type(error).__module__.split(".")[0] in ("redis", "pika")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -212,6 +224,8 @@ def _summary_line(provider: Any, summary: dict[str, Any], config: Config) -> str
 # -- check and dead ----------------------------------------------------------------------
 
 def _check(args: argparse.Namespace, config: Config) -> int:
+    check_lease_time(config)
+    check_claim_time(config)
     described = config.describe()
     if config.provider.type in ("sqlite", "rabbitmq", "redis"):
         with open_publisher(config) as publisher:

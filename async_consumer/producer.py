@@ -14,7 +14,9 @@ queue file, RabbitMQ or Redis.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -113,7 +115,11 @@ def open_publisher(config: Config | str | os.PathLike[str]) -> Publisher:
 
 
 class Producer:
-    """Checks HTTP jobs and publishes them, all or none, in one call.
+    """Checks HTTP jobs and publishes them.
+
+    Every job is checked before any is published. One producer may be kept for the
+    life of an application and shared by its threads: calls are serialised, and a
+    connection the broker dropped while idle is reopened.
 
     Args:
         config: a loaded :class:`Config`, or the path of the worker's INI file.
@@ -122,6 +128,9 @@ class Producer:
     def __init__(self, config: Config | str | os.PathLike[str]) -> None:
         self.config = config if isinstance(config, Config) else load_config(Path(config))
         self.publisher = open_publisher(self.config)
+        # Threads of a web application share a producer; in a patched process this is
+        # gevent's lock, which is what its greenlets need.
+        self._lock = threading.Lock()
 
     def enqueue(self, jobs: Iterable[dict[str, Any] | HttpJob]) -> int:
         """Check every job, then publish them; a bad job raises ``JobError`` naming it
@@ -134,9 +143,27 @@ class Producer:
                 raise JobError(f"job {position}: {error.reason}") from None
 
         default_attempts = self.config.retry.max_attempts
-        return self.publisher.publish_many(
-            (job.id, job.to_payload(), job.max_attempts or default_attempts) for job in checked
-        )
+        messages = [(job.id, job.to_payload(), job.max_attempts or default_attempts)
+                    for job in checked]
+        with self._lock:
+            return self._publish(messages)
+
+    def _publish(self, messages: list[Message]) -> int:
+        """Publish, reopening the connection once if it was lost while idle.
+
+        A broker drops a connection that sat unused past its heartbeat; a producer kept
+        by a web application for its lifetime must survive that. A message that was
+        stored before the connection broke may be published twice (at least once).
+        """
+        try:
+            return self.publisher.publish_many(messages)
+        except (JobError, ConfigError):
+            raise
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.publisher.close()
+            self.publisher = open_publisher(self.config)
+            return self.publisher.publish_many(messages)
 
     def close(self) -> None:
         self.publisher.close()

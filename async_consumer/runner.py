@@ -58,7 +58,10 @@ def open_queue(config: Config) -> SQLiteQueue:
 
 
 def check_lease_time(config: Config) -> None:
-    lease_time = config.provider.lease_time or 0
+    """A job must stay leased longer than the longest task."""
+    if config.provider.lease_time is None:
+        return
+    lease_time = config.provider.lease_time
     needed = config.consumer.task_timeout + TIMEOUT_HANDLER_GRACE_SECONDS + LEASE_MARGIN_SECONDS
     if lease_time < needed:
         raise ConfigError(

@@ -433,7 +433,8 @@ _PROVIDER = (
     ),
     replace(_seconds(
         "provider", "lease_time", DEFAULT_LEASE_TIME_SECONDS,
-        "How long a taken job stays invisible before another worker may take it.",
+        "How long a taken job stays invisible before another worker may take it; must "
+        "be at least task_timeout + 35 s.",
     ), providers=(PROVIDER_SQLITE,)),
     Setting(
         "provider", "url", parse_string, "",
@@ -461,7 +462,7 @@ _PROVIDER = (
     replace(_seconds(
         "provider", "claim_idle_time", DEFAULT_CLAIM_IDLE_TIME_SECONDS,
         "How long a message may sit unacknowledged with a worker before another worker "
-        "claims it; must exceed task_timeout.",
+        "claims it; must be at least task_timeout + 35 s.",
     ), providers=(PROVIDER_REDIS,)),
     replace(_seconds(
         "provider", "poll_timeout", DEFAULT_POLL_TIMEOUT_SECONDS,

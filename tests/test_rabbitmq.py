@@ -709,3 +709,43 @@ def test_delays_round_up_to_a_few_buckets_and_the_url_password_is_masked(
     assert "s3cret" not in provider.describe()
     assert provider.describe() == "rabbitmq:amqp://app:***@127.0.0.1:5672/%2F queue=jobs " \
                                   "prefetch=10"
+
+
+SHARED_PRODUCER_SCRIPT = """
+import json, sys, threading, time
+from async_consumer import producer
+
+jobs = producer.Producer(sys.argv[1])
+errors = []
+
+def enqueue_many():
+    for _ in range(25):
+        try:
+            jobs.enqueue([{"url": "http://127.0.0.1:9/x"}])
+        except Exception as error:
+            errors.append(repr(error))
+
+threads = [threading.Thread(target=enqueue_many) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+time.sleep(6)
+jobs.enqueue([{"url": "http://127.0.0.1:9/after-idle"}])
+print(json.dumps({"errors": errors, "ready": jobs.publisher.counts()["ready"]}))
+"""
+
+
+def test_one_producer_serves_several_threads_and_outlives_an_idle_connection_drop(
+    rabbitmq: None, tmp_path: Path, queue: str
+) -> None:
+    worker_ini(tmp_path, queue, provider="heartbeat = 1\n")
+    (tmp_path / "shared.py").write_text(SHARED_PRODUCER_SCRIPT)
+
+    run = subprocess.run([sys.executable, "shared.py", "worker.ini"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=90)
+
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["errors"] == []
+    assert report["ready"] >= 101

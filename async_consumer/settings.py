@@ -352,6 +352,20 @@ def not_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+#: Longest queue name: RabbitMQ allows 255 bytes, and the longest derived name adds
+#: ``.retry.3600000`` for the delay queue of one hour.
+MAX_QUEUE_NAME_BYTES = 255 - len(".retry.3600000")
+
+
+def queue_name_problem(value: str) -> str | None:
+    """A queue name must be non-empty and leave room for the derived queue names."""
+    if not value.strip():
+        return "must not be empty"
+    if len(value.encode()) > MAX_QUEUE_NAME_BYTES:
+        return f"is longer than {MAX_QUEUE_NAME_BYTES} bytes"
+    return None
+
+
 _BOOL_EXPECTED = "true or false (also yes/no, on/off, 1/0)"
 _POSITIVE_SECONDS = "a number of seconds greater than 0"
 _NON_NEGATIVE_SECONDS = "a number of seconds, 0 or more"
@@ -446,7 +460,7 @@ _PROVIDER = (
     Setting(
         "provider", "queue", parse_string, DEFAULT_QUEUE_NAME, "a name",
         "The queue (RabbitMQ) or stream (Redis); retry and dead-letter queues take it as "
-        "a prefix.", check=not_empty, providers=BROKERS,
+        "a prefix.", check=queue_name_problem, providers=BROKERS,
     ),
     Setting(
         "provider", "prefetch", parse_int, PREFETCH_FOLLOWS_CONCURRENCY,

@@ -906,3 +906,12 @@ def test_a_file_in_a_missing_directory_is_refused_not_created(
 def test_underscores_in_whole_numbers_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a whole number"):
         load_config(write_ini(tmp_path, "[consumer]\nconcurrency = 1_0\n"))
+
+
+def test_a_queue_name_too_long_for_its_delay_queues_is_refused(tmp_path: Path) -> None:
+    ini = f"[provider]\ntype = rabbitmq\nqueue = {'q' * 242}\n"
+
+    with pytest.raises(ConfigError, match="is longer than 241 bytes"):
+        load_config(write_ini(tmp_path, ini))
+
+    assert load_config(write_ini(tmp_path, f"[provider]\ntype = redis\nqueue = {'q' * 241}\n"))

@@ -23,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import gevent
 from gevent.pywsgi import WSGIServer
@@ -126,6 +129,29 @@ def serve(host: str = "127.0.0.1", port: int = 0) -> WSGIServer:
                         backlog=LISTEN_BACKLOG)
     server.start()
     return server
+
+
+def start_process(directory: Path, start_seconds: float = 15.0) -> tuple[subprocess.Popen, str]:
+    """Run the target in a process of its own; returns it and its base URL.
+
+    A separate process keeps the target's CPU and event loop apart from the worker
+    being measured. Raises ``RuntimeError`` if it is not listening within
+    ``start_seconds``; the caller stops the process (by its PID) when done.
+    """
+    port_file = directory / f"target-{os.getpid()}-{time.monotonic_ns()}.port"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "async_consumer.devserver", "--port", "0",
+         "--port-file", str(port_file)],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + start_seconds
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(timeout=10)
+            raise RuntimeError("the HTTP target did not start")
+        time.sleep(0.02)
+    return process, f"http://127.0.0.1:{port_file.read_text()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,10 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
+
+from async_consumer.devserver import start_process
 
 DEMO_DIR = Path("var/demo")
 TARGET_START_SECONDS = 15.0
@@ -77,22 +78,6 @@ def make_jobs(base_url: str, count: int) -> list[dict]:
     return jobs
 
 
-def start_target(directory: Path) -> tuple[subprocess.Popen, str]:
-    port_file = directory / "target.port"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "async_consumer.devserver", "--port", "0",
-         "--port-file", str(port_file)],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + TARGET_START_SECONDS
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit("the demo target did not start")
-        time.sleep(0.05)
-    return process, f"http://127.0.0.1:{port_file.read_text()}"
-
-
 def command(*args: str) -> int:
     shown = " ".join(["async-consumer", *args])
     print(f"\n$ {shown}", flush=True)
@@ -107,7 +92,10 @@ def main() -> int:
 
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir(parents=True)
-    target, base_url = start_target(DEMO_DIR)
+    try:
+        target, base_url = start_process(DEMO_DIR.resolve(), TARGET_START_SECONDS)
+    except RuntimeError as error:
+        raise SystemExit(f"the demo target did not start: {error}")
     print(f"local target: {base_url} (pid {target.pid})")
     try:
         (DEMO_DIR / "worker.ini").write_text(INI_TEMPLATE.format(concurrency=args.concurrency))

@@ -9,13 +9,14 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import urllib.request  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+from async_consumer.devserver import start_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_START_SECONDS = 15.0
@@ -37,19 +38,8 @@ class Target:
 
 
 def start_target(tmp_dir: Path) -> Target:
-    port_file = tmp_dir / f"target-{time.monotonic_ns()}.port"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "async_consumer.devserver", "--port", "0",
-         "--port-file", str(port_file)],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + PROCESS_START_SECONDS
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process(process)
-            raise RuntimeError("the test HTTP target did not start")
-        time.sleep(0.02)
-    return Target(f"http://127.0.0.1:{port_file.read_text()}", process)
+    process, url = start_process(tmp_dir, PROCESS_START_SECONDS)
+    return Target(url, process)
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

@@ -5,12 +5,14 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import urllib.request  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -20,6 +22,7 @@ from async_consumer.devserver import start_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_START_SECONDS = 15.0
+POLL_SECONDS = 0.05
 
 
 @dataclass
@@ -114,3 +117,28 @@ def rabbitmq() -> None:
 @pytest.fixture
 def redis_server() -> None:
     require_service("Redis", 6379)
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> float:
+    """Poll ``condition``; fail the test after ``seconds``. Returns the time it took."""
+    started = time.monotonic()
+    deadline = started + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {seconds}s waiting for {what}")
+        time.sleep(POLL_SECONDS)
+    return time.monotonic() - started
+
+
+class ListHandler(logging.Handler):
+    """A standard logging handler that keeps its records for the test to read."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def at(self, level: int) -> list[str]:
+        return [record.getMessage() for record in self.records if record.levelno == level]

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pika
-import pytest
 
 from async_consumer.rabbitmq_provider import (
     HEADER_ATTEMPTS,
@@ -24,7 +23,7 @@ from async_consumer.rabbitmq_provider import (
     dead_queue_name,
     retry_queue_name,
 )
-from conftest import stop_process, write_ini
+from conftest import stop_process, wait_until, write_ini
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Longest any wait-for-something loop in these tests may poll.
@@ -169,15 +168,6 @@ class Workers:
     def stop_all(self) -> None:
         for process in self.started:
             stop_process(process, signal.SIGKILL)
-
-
-def wait_until(condition: Callable[[], bool], what: str,
-               seconds: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {seconds}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
 
 
 def wait_until_idle(queue: str, files: list[Path], quiet: float = 1.0) -> None:

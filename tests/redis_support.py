@@ -11,16 +11,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from async_consumer.errors import RetryLater
 from async_consumer.promise import Promise
 from async_consumer.redis_provider import Keys
+from conftest import ListHandler, wait_until  # noqa: F401 (wait_until is re-exported)
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -78,17 +77,6 @@ def worker_ini(directory: Path, queue: str, *, name: str = "worker.ini",
     return path
 
 
-def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> float:
-    """Poll ``condition``; fail the test after ``seconds``. Returns the time it took."""
-    started = time.monotonic()
-    deadline = started + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {seconds}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
-    return time.monotonic() - started
-
-
 def line_count(path: Path) -> int:
     """Complete lines so far; safe while a worker is still appending."""
     return path.read_bytes().count(b"\n") if path.exists() else 0
@@ -140,20 +128,6 @@ def echo_transformer(text: str) -> Promise:
     if not isinstance(job, dict) or "id" not in job:
         raise ValueError("not a job object")
     return EchoPromise(job)
-
-
-class ListHandler(logging.Handler):
-    """Keeps the records of one logger for the test to read."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def at(self, level: int) -> list[str]:
-        return [record.getMessage() for record in self.records if record.levelno == level]
 
 
 def capturing_logger(name: str) -> tuple[logging.Logger, ListHandler]:

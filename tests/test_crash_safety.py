@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from async_consumer.sqlite_queue import SQLiteQueue
-from conftest import Target, cli, read_results, stop_process, write_ini
+from conftest import Target, cli, read_results, stop_process, wait_until, write_ini
 
 QUEUE_NAME = "queue.sqlite3"
 RESULTS_NAME = "results.jsonl"
@@ -90,15 +90,6 @@ def enqueue(directory: Path, jobs: list[dict], ini: str = "worker.ini") -> None:
     done = cli("enqueue", "-c", ini, "-", cwd=directory, stdin=lines)
     assert done.returncode == 0, done.stderr
     assert f"accepted {len(jobs)}" in done.stdout
-
-
-def wait_until(condition: Callable[[], bool], what: str,
-               seconds: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {seconds}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
 
 
 def line_count(path: Path) -> int:

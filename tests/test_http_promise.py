@@ -38,6 +38,7 @@ from async_consumer.http import (
     build_session,
     shared_session,
 )
+from conftest import ListHandler
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -81,17 +82,6 @@ class Recorder(ResponseHandler):
     def on_exception(self, error: PromiseError) -> None:
         self.errors.append(error)
         self.error_at.append(time.monotonic() - self.zero)
-
-
-class ListHandler(logging.Handler):
-    """A stdlib logging handler that keeps its records."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def run(promises: list[Promise], concurrency: int, *, task_timeout: float = 10.0,

@@ -100,6 +100,7 @@ class HttpConfig:
     read_timeout: float | None = s.DEFAULT_READ_TIMEOUT_SECONDS
     verify: bool | Path = s.DEFAULT_VERIFY
     pool_size: int = s.DEFAULT_POOL_SIZE
+    transport: str = s.DEFAULT_HTTP_TRANSPORT
     max_body_bytes: int = s.DEFAULT_MAX_BODY_BYTES
     raise_for_status: bool = s.DEFAULT_RAISE_FOR_STATUS
     user_agent: str = s.DEFAULT_USER_AGENT

@@ -173,7 +173,8 @@ def http_job_transformer(config: Config) -> Any:
     def transform(payload: str | bytes) -> HttpJobPromise:
         return HttpJobPromise(HttpJob.from_payload(payload), session, timeout,
                               raise_for_status=http.raise_for_status,
-                              max_body_bytes=http.max_body_bytes or None)
+                              max_body_bytes=http.max_body_bytes or None,
+                              transport=http.transport)
 
     return transform
 

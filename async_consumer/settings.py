@@ -75,6 +75,8 @@ DEFAULT_RAISE_FOR_STATUS = True
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_USER_AGENT = f"async-consumer/{_package_version()}"
 DEFAULT_ALLOW_NO_TIMEOUT = False
+HTTP_TRANSPORTS = ("auto", "fast", "requests")
+DEFAULT_HTTP_TRANSPORT = "auto"
 
 # [retry]
 DEFAULT_MAX_ATTEMPTS = 5
@@ -511,6 +513,13 @@ _HTTP = (
         "an integer, 0 or more (0 follows [consumer] concurrency)",
         "Connections kept per host; 0 means one per concurrent task.",
         check=at_least(0),
+    ),
+    Setting(
+        "http", "transport", choice(HTTP_TRANSPORTS, "transport"), DEFAULT_HTTP_TRANSPORT,
+        "auto, fast or requests",
+        "How requests are sent: fast uses geventhttpclient (several times less CPU per "
+        "request) and fails a request it does not support; requests uses requests' own "
+        "stack; auto sends with fast what it supports and with requests the rest.",
     ),
     Setting(
         "http", "max_body_bytes", parse_int, DEFAULT_MAX_BODY_BYTES,

@@ -119,6 +119,18 @@ def redis_server() -> None:
     require_service("Redis", 6379)
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1, made with openssl; returns (key, cert)."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return key, cert
+
+
 def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> float:
     """Poll ``condition``; fail the test after ``seconds``. Returns the time it took."""
     started = time.monotonic()

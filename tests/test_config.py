@@ -75,6 +75,7 @@ EXPECTED_DEFAULTS = {
     ("http", "read_timeout"): 30.0,
     ("http", "verify"): True,
     ("http", "pool_size"): 0,
+    ("http", "transport"): "auto",
     ("http", "max_body_bytes"): 10 * 1024 * 1024,
     ("http", "raise_for_status"): True,
     ("http", "allow_no_timeout"): False,
@@ -141,7 +142,7 @@ def test_registry_is_ordered_and_documented() -> None:
     )
     keys = [item.key for item in settings.SETTINGS]
     assert keys[:2] == ["concurrency", "max_batch_collect_time"]
-    assert len(keys) == len(settings.SETTINGS) == 36
+    assert len(keys) == len(settings.SETTINGS) == 37
     assert all(item.description and item.expected for item in settings.SETTINGS)
     assert set(settings.SECTION_DESCRIPTIONS) == set(settings.SETTINGS.sections())
     assert settings.SETTINGS.get("consumer", "task_timeout").unit == settings.SECONDS
@@ -247,6 +248,7 @@ BAD_VALUES = [
     ("http", "read_timeout", "soon", "not a number", "seconds"),
     ("http", "verify", "maybe", "no CA bundle file exists", "true or false"),
     ("http", "pool_size", "-1", "must not be negative", "0 or more"),
+    ("http", "transport", "quick", "unknown transport", "auto, fast or requests"),
     ("http", "raise_for_status", "sometimes", "not a boolean", "yes/no, on/off, 1/0"),
     ("http", "user_agent", "", "must not be empty", "non-empty"),
     ("http", "allow_no_timeout", "2", "not a boolean", "true or false"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from async_consumer.http.errors import is_transient
 from async_consumer.http.promise import BodyTooLarge
 from async_consumer.sqlite_provider import SQLiteProvider
 from async_consumer.sqlite_queue import SQLiteQueue
-from conftest import cli, read_results, write_ini
+from conftest import cli, read_results, self_signed_certificate, write_ini
 
 real_sleep = monkey.get_original("time", "sleep")
 
@@ -63,14 +62,7 @@ def run_all(promises, concurrency=10, **options):
 @pytest.fixture(scope="module")
 def tls_target(tmp_path_factory):
     """An HTTPS server on 127.0.0.1 with a self-signed certificate of its own."""
-    directory = tmp_path_factory.mktemp("tls")
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    key, cert = self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Length", "3")])

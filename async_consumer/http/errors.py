@@ -12,6 +12,10 @@ from ..errors import PromiseError, TaskTimeout
 TRANSIENT_STATUS_CODES = frozenset({429, 502, 503, 504})
 
 
+class BodyTooLarge(PromiseError):
+    """A response body went past the promise's ``max_body_bytes``."""
+
+
 def to_promise_error(error: BaseException, promise: Any = None) -> PromiseError:
     """Wrap a ``requests``/``urllib3`` error; the original stays as ``__cause__``."""
     response = getattr(error, "response", None)

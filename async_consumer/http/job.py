@@ -67,6 +67,7 @@ class HttpJobPromise(RequestsPromise):
         timeout: Timeout,
         raise_for_status: bool = True,
         max_body_bytes: int | None = None,
+        transport: str = "auto",
     ) -> None:
         self.job = job
         self.outcome_handler = JobResultHandler()
@@ -78,6 +79,7 @@ class HttpJobPromise(RequestsPromise):
             timeout=job_timeout or timeout,
             raise_for_status=raise_for_status,
             max_body_bytes=max_body_bytes,
+            transport=transport,
             task_id=job.id,
         )
 

@@ -13,16 +13,27 @@ from ..errors import PromiseError
 from ..patching import ensure_cooperative
 from ..promise import Promise
 from ..status import Status
-from .errors import to_promise_error
-from .session import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, Timeout, shared_session
+from ..logs import as_log
+from .errors import BodyTooLarge, to_promise_error
+from .preparation import prepare
+from .session import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_TIMEOUT,
+    Timeout,
+    shared_session,
+    shared_transport,
+)
+from .transport import UnsupportedRequest, unsupported_reason
 
 #: Bodies larger than this fail the request unless the promise says otherwise.
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 BODY_CHUNK_BYTES = 64 * 1024
+#: ``fast``: geventhttpclient, refusing what it does not support; ``requests``:
+#: requests' own stack; ``auto``: fast where supported, requests for the rest.
+TRANSPORTS = ("auto", "fast", "requests")
+DEFAULT_TRANSPORT = "auto"
 
-
-class BodyTooLarge(PromiseError):
-    """A response body went past the promise's ``max_body_bytes``."""
+_fallbacks_reported: set[str] = set()
 
 
 class RequestFactory(abc.ABC):
@@ -66,6 +77,10 @@ class RequestsPromise(Promise):
             what it needs from ``response.raw`` or ``iter_content`` before returning.
         max_body_bytes: a larger body (after decompression) fails the request with a
             ``PromiseError`` instead of filling the worker's memory; ``None``: no limit.
+        transport: ``"auto"`` (default) sends with the fast transport (geventhttpclient,
+            several times cheaper per request) when it supports the request, and with
+            ``requests`` otherwise; ``"fast"`` fails a request it does not support;
+            ``"requests"`` always uses ``requests``. See ``docs/http.md``.
         task_id: names the task in logs and results.
 
     The response is always closed once the handler returns or raises, so a handler
@@ -82,11 +97,15 @@ class RequestsPromise(Promise):
         raise_for_status: bool = True,
         stream: bool | None = None,
         max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
+        transport: str = DEFAULT_TRANSPORT,
         task_id: str | None = None,
     ) -> None:
         super().__init__(task_id)
         if timeout is None:
             raise ValueError("timeout must be set: requests without one can hang forever")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, "
+                             f"not {transport!r}")
         self.factory = factory
         self.handler = handler
         self.session = session
@@ -94,16 +113,18 @@ class RequestsPromise(Promise):
         self.raise_for_status = raise_for_status
         self.stream = stream
         self.max_body_bytes = max_body_bytes
+        self.transport = transport
         self.request: requests.PreparedRequest | None = None
         self.response: requests.Response | None = None
 
     def run(self) -> None:
         ensure_cooperative()
-        session = self.session or shared_session(max(current_concurrency(), DEFAULT_POOL_SIZE))
-        self.request = _prepare(session, self.factory.create())
+        pool_size = max(current_concurrency(), DEFAULT_POOL_SIZE)
+        session = self.session or shared_session(pool_size)
+        self.request = prepare(session, self.factory.create())
 
         try:
-            response = self._send(session, self.request)
+            response = self._send(session, self.request, pool_size)
         except requests.RequestException as error:
             self._fail(to_promise_error(error, self))
             return
@@ -118,17 +139,42 @@ class RequestsPromise(Promise):
         finally:
             response.close()
 
-    def _send(self, session: requests.Session, request: requests.PreparedRequest) -> Any:
+    def _send(
+        self, session: requests.Session, request: requests.PreparedRequest, pool_size: int
+    ) -> Any:
+        streamed = session.stream if self.stream is None else self.stream
+        if self.transport != "requests":
+            reason = unsupported_reason(session, request, bool(streamed))
+            if reason is None:
+                response = shared_transport(pool_size).send(
+                    session, request, self.timeout, self.max_body_bytes
+                )
+                if not response._content_consumed:  # a redirect's last hop
+                    _read_body(response, self.max_body_bytes)
+                return response
+            self._refuse_or_report(reason)
+
         # The session's own verify setting is passed on purpose: with None, requests
         # lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override a configured bundle or False.
         settings = session.merge_environment_settings(
             request.url, {}, True, session.verify, None
         )
         response = session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
-        streamed = session.stream if self.stream is None else self.stream
         if not streamed:
             _read_body(response, self.max_body_bytes)
         return response
+
+    def _refuse_or_report(self, reason: str) -> None:
+        """``fast`` refuses what it cannot send; ``auto`` says once why requests sends it."""
+        if self.transport == "fast":
+            raise UnsupportedRequest(
+                f"transport 'fast' cannot send this request: {reason}; use transport "
+                "'auto' to send such requests with requests"
+            )
+        if reason not in _fallbacks_reported:
+            _fallbacks_reported.add(reason)
+            as_log().info("HTTP requests where {} are sent with requests, not the fast "
+                          "transport", reason)
 
     def _deliver(self, response: requests.Response) -> None:
         if self.raise_for_status and response.status_code >= 400:
@@ -183,16 +229,3 @@ def _read_body(response: requests.Response, limit: int | None) -> None:
 
     response._content = b"".join(chunks)
     response._content_consumed = True  # type: ignore[attr-defined]
-
-
-def _prepare(
-    session: requests.Session, request: requests.Request | requests.PreparedRequest
-) -> requests.PreparedRequest:
-    if isinstance(request, requests.PreparedRequest):
-        return request
-    if isinstance(request, requests.Request):
-        return session.prepare_request(request)
-    raise TypeError(
-        f"RequestFactory.create() must return a requests.Request or PreparedRequest, "
-        f"not {type(request).__name__}"
-    )

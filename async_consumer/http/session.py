@@ -83,6 +83,7 @@ def _os_thread_local_class() -> type:
 class _ThreadSessions(_os_thread_local_class()):  # type: ignore[misc]
     session: requests.Session | None = None
     pool_size: int = 0
+    transport: Any = None
 
 
 _sessions = _ThreadSessions()
@@ -97,3 +98,15 @@ def shared_session(pool_size: int = DEFAULT_POOL_SIZE) -> requests.Session:
         mount_pool(_sessions.session, pool_size, DEFAULT_TIMEOUT)
         _sessions.pool_size = pool_size
     return _sessions.session
+
+
+def shared_transport(pool_size: int = DEFAULT_POOL_SIZE) -> Any:
+    """This thread's fast transport, allowing ``pool_size`` connections per origin."""
+    transport = _sessions.transport
+    if transport is None:
+        from .transport import FastTransport
+
+        transport = _sessions.transport = FastTransport(pool_size)
+    elif pool_size > transport.pool_size:
+        transport.grow(pool_size)
+    return transport

@@ -1,9 +1,9 @@
 """The scheduler: takes promises from a provider and keeps them running.
 
 The consumer runs in the greenlet that calls :meth:`AsyncConsumer.consume` (usually
-the main one) and never spawns a greenlet per message without a bound: every task
-runs in a slot of one ``gevent.pool.Pool``, and the provider is asked only for as
-many promises as there are free slots.
+the main one) and never starts more work than it has room for: tasks run in a
+:class:`WorkerPool` of at most ``concurrency`` worker greenlets, and the provider is
+asked only for as many promises as there are free slots.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import gevent
-from gevent.pool import Pool
 
 from .errors import FatalTaskError, RetryLater, TaskTimeout
 from .logs import as_log
@@ -24,6 +23,9 @@ from .promise import Promise
 from .provider import Provider
 from .stats import ConsumerStats
 from .status import Status
+from .workers import Deadline, TaskGreenlet, WorkerPool, current_concurrency
+
+__all__ = ["AsyncConsumer", "Mode", "TaskGreenlet", "current_concurrency"]
 
 DEFAULT_TASK_TIMEOUT_SECONDS = 60.0
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 30.0
@@ -44,6 +46,10 @@ RESOLVER_MAX_THREADS = 1024
 #: Below this many free file descriptors per task slot, startup warns.
 FILES_PER_TASK = 2
 
+# Read for every task: a module global costs a twentieth of ``Status.OK`` on the class.
+_OK = Status.OK
+_PENDING = Status.PENDING
+
 
 class Mode(str, enum.Enum):
     """How new work is started.
@@ -55,21 +61,6 @@ class Mode(str, enum.Enum):
 
     SLIDING = "sliding"
     BATCH = "batch"
-
-
-class TaskGreenlet(gevent.Greenlet):
-    """The greenlet a task runs in; code inside a task can read the consumer's size."""
-
-    concurrency = 1
-
-
-def current_concurrency(default: int = 1) -> int:
-    """The concurrency of the consumer running the current task, or ``default``.
-
-    The HTTP promise sizes its connection pool from this, so that ``concurrency``
-    requests to one host never overflow the pool.
-    """
-    return getattr(gevent.getcurrent(), "concurrency", default)
 
 
 class _IdleBackoff:
@@ -133,8 +124,9 @@ class AsyncConsumer:
         self.stats_interval = stats_interval
         self.handle_signals = handle_signals
         self.log = as_log(logger)
-        self.pool = Pool(concurrency, greenlet_class=self.greenlet_class)
+        self.pool = self._new_pool()
         self.stats = ConsumerStats()
+        self._debug = True
         self._stopping = False
         self._stop_reason = ""
         self._signals_seen = 0
@@ -150,6 +142,8 @@ class AsyncConsumer:
         clean shutdown it caused.
         """
         self.stats = ConsumerStats()
+        self.pool = self._new_pool()
+        self._debug = self.log.is_enabled("DEBUG")
         self._announce()
         watchers = self._install_signal_handlers()
         try:
@@ -202,11 +196,15 @@ class AsyncConsumer:
                 return
             self._pause_while_idle(self._idle_pause(idle))
 
+    def _new_pool(self) -> WorkerPool:
+        """A pool per run, so that a task left over from a previous run counts in none."""
+        return WorkerPool(self.concurrency, self._run_task, self._cancel_unstarted,
+                          task_timeout=self.task_timeout, greenlet_class=self.greenlet_class)
+
     def _wait_for_free_slot(self) -> bool:
         if self.pool.free_count() > 0:
             return True
-        self.pool.wait_available(timeout=SLOT_WAIT_SECONDS)
-        return self.pool.free_count() > 0
+        return self.pool.wait_available(timeout=SLOT_WAIT_SECONDS)
 
     def _collect_batch(self, idle: _IdleBackoff) -> list[Promise]:
         """Collect promises until the batch is full or the collect time has passed.
@@ -242,17 +240,17 @@ class AsyncConsumer:
             return []
 
     def _dispatch(self, batch: list[Promise]) -> None:
-        started = time.monotonic()
-        finished_before = self.stats.finished
-        for promise in batch:
-            greenlet = self.pool.spawn(self._run_task, promise)
-            greenlet.concurrency = self.concurrency
-        self.stats.batches += 1
-
         if self.mode is Mode.SLIDING:
-            self.log.debug("started {} task(s); {} in flight", len(batch), len(self.pool))
+            self.pool.submit(batch)
+            self.stats.batches += 1
+            if self._debug:
+                self.log.debug("started {} task(s); {} in flight", len(batch), len(self.pool))
             return
 
+        started = time.monotonic()
+        finished_before = self.stats.finished
+        self.pool.submit(batch)
+        self.stats.batches += 1
         while not self.pool.join(timeout=SLOT_WAIT_SECONDS) and not self._stopping:
             pass
         self.log.info(
@@ -290,14 +288,22 @@ class AsyncConsumer:
 
     # -- one task ---------------------------------------------------------------------
 
-    def _run_task(self, promise: Promise) -> None:
-        """The body of every task greenlet; nothing escapes it."""
+    def _run_task(self, promise: Promise, deadline: Deadline | None) -> None:
+        """Run one promise in a worker greenlet and settle it there; nothing escapes."""
         started = time.monotonic()
-        outcome = self._execute(promise)
-        promise.elapsed = time.monotonic() - started
+        outcome = self._execute(promise, deadline)
+        self._conclude(promise, outcome, time.monotonic() - started)
+
+    def _cancel_unstarted(self, promise: Promise) -> None:
+        """Settle a promise that was queued for a worker but never started."""
+        self._conclude(promise, Status.CANCELLED, 0.0)
+
+    def _conclude(self, promise: Promise, outcome: Status, elapsed: float) -> None:
+        promise.elapsed = elapsed
         promise.outcome = outcome
-        self.stats.record(outcome, promise.elapsed)
-        self._log_outcome(promise)
+        self.stats.record(outcome, elapsed)
+        if outcome is not _OK or self._debug:
+            self._log_outcome(promise)
 
         try:
             self.provider.settle(promise)
@@ -307,14 +313,26 @@ class AsyncConsumer:
                 "will deliver it again", promise.id, outcome.value,
             )
 
-    def _execute(self, promise: Promise) -> Status:
-        deadline = gevent.Timeout(self.task_timeout) if self.task_timeout else None
-        if deadline is not None:
-            deadline.start()
+    def _execute(self, promise: Promise, deadline: Deadline | None) -> Status:
+        """Run the promise under its own timer, started from the worker's deadline.
+
+        The timer is closed the moment ``run()`` returns or raises, before any handler
+        below can switch greenlets, so that it can only ever fire inside this task.
+        """
         try:
-            promise.run()
+            if deadline is None:
+                promise.run()
+            else:
+                timer = deadline.arm()
+                try:
+                    promise.run()
+                finally:
+                    timer.close()
         except gevent.Timeout as expired:
-            if expired is deadline:
+            if deadline is not None and expired is deadline.error:
+                # The worker throws the same object at every task that times out:
+                # drop what links it to this one.
+                expired.__traceback__ = expired.__context__ = None
                 return self._time_out(promise)
             promise.error = expired
             self.log.exception("task {} ({}) let a gevent.Timeout of its own escape",
@@ -336,11 +354,9 @@ class AsyncConsumer:
             self.log.exception("task {} ({}) raised {}", promise.id, promise.describe(),
                                type(error).__name__)
             return Status.ERROR
-        finally:
-            if deadline is not None:
-                deadline.close()
 
-        return Status.OK if promise.status is Status.PENDING else promise.status
+        status = promise.status
+        return _OK if status is _PENDING else status
 
     def _time_out(self, promise: Promise) -> Status:
         error = TaskTimeout(
@@ -441,6 +457,10 @@ class AsyncConsumer:
                 self.log.warning("cancelling {} task(s) still running after {}s; they are "
                                  "requeued", len(self.pool), self.shutdown_timeout)
                 self.pool.kill(timeout=CANCEL_GRACE_SECONDS)
+
+        # Idle workers end now rather than after their idle time; a task stuck even
+        # through cancellation keeps its worker, as it kept its greenlet before.
+        self.pool.close(timeout=CANCEL_GRACE_SECONDS)
 
         self.log.debug("closing provider {}", self.provider.describe())
         try:

@@ -32,6 +32,22 @@ class Log:
         self._target = target
         self._is_stdlib = isinstance(target, (logging.Logger, logging.LoggerAdapter))
 
+    def is_enabled(self, level: str) -> bool:
+        """Whether a line at ``level`` reaches any sink.
+
+        Hot paths ask once per run rather than building a line per task that no sink
+        shows. A logger whose level cannot be read is taken to want everything.
+        """
+        number = _STDLIB_LEVELS[level]
+        if self._is_stdlib:
+            return bool(self._target.isEnabledFor(number))
+
+        # loguru keeps the lowest level of all its sinks on its core.
+        lowest = getattr(getattr(self._target, "_core", None), "min_level", None)
+        if isinstance(lowest, (int, float)):
+            return lowest <= number
+        return True
+
     def debug(self, message: str, *args: Any) -> None:
         self._emit("DEBUG", message, args)
 

@@ -93,6 +93,15 @@ class MemoryProvider(Provider):
             return None
         return self._ready.popleft()
 
+    def get_batch(self, max_count: int) -> list[Promise]:
+        """Take up to ``max_count`` promises in one step rather than one ``get`` each."""
+        ready = self._ready
+        if len(ready) <= max_count:
+            batch = list(ready)
+            ready.clear()
+            return batch
+        return [ready.popleft() for _ in range(max_count)]
+
     def settle(self, promise: Promise) -> None:
         self.settled.append(promise)
         if promise.outcome.wants_requeue:

@@ -2,40 +2,75 @@
 
 from __future__ import annotations
 
-import random
+import math
 import time
 from dataclasses import dataclass, field
+from math import log2
 
 from .status import Status
 
-#: How many task durations are kept for percentiles; memory stays flat on long runs.
-LATENCY_SAMPLE_SIZE = 10_000
+#: Durations are counted in buckets this many to a doubling: a percentile read from a
+#: bucket's middle is within about 2% of the true value.
+BUCKETS_PER_DOUBLING = 16
+#: The shortest and longest durations told apart, as powers of two of a second (about
+#: a microsecond and 36 hours); shorter and longer ones share the end buckets.
+SHORTEST_EXPONENT = -20
+LONGEST_EXPONENT = 17
+_BUCKET_COUNT = (LONGEST_EXPONENT - SHORTEST_EXPONENT) * BUCKETS_PER_DOUBLING + 1
+_LAST_BUCKET = _BUCKET_COUNT - 1
+_SHORTEST_SECONDS = 2.0 ** SHORTEST_EXPONENT
 
 
-@dataclass
-class LatencySample:
-    """A fixed-size uniform sample of durations (reservoir sampling)."""
+class LatencyHistogram:
+    """Task durations counted in log-spaced buckets, for percentiles.
 
-    capacity: int = LATENCY_SAMPLE_SIZE
-    seen: int = 0
-    values: list[float] = field(default_factory=list)
+    Adding a duration is a logarithm and an increment: no sorting, no random
+    sampling, and memory that never grows however long the run. Percentiles are
+    read from bucket middles, kept within the smallest and largest duration seen, so
+    that a run whose tasks all took the same time reports exactly that time.
+    """
+
+    __slots__ = ("counts", "seen", "smallest", "largest")
+
+    def __init__(self) -> None:
+        self.counts = [0] * _BUCKET_COUNT
+        self.seen = 0
+        self.smallest = math.inf
+        self.largest = 0.0
 
     def add(self, value: float) -> None:
         self.seen += 1
-        if len(self.values) < self.capacity:
-            self.values.append(value)
-            return
+        if value < self.smallest:
+            self.smallest = value
+        if value > self.largest:
+            self.largest = value
 
-        slot = random.randrange(self.seen)
-        if slot < self.capacity:
-            self.values[slot] = value
+        if value < _SHORTEST_SECONDS:
+            index = 0
+        else:
+            index = int((log2(value) - SHORTEST_EXPONENT) * BUCKETS_PER_DOUBLING) + 1
+            if index > _LAST_BUCKET:
+                index = _LAST_BUCKET
+        self.counts[index] += 1
 
     def percentile(self, fraction: float) -> float | None:
-        if not self.values:
+        """The duration below which ``fraction`` of the tasks ended (nearest rank)."""
+        if not self.seen:
             return None
-        ordered = sorted(self.values)
-        index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-        return ordered[index]
+
+        rank = min(self.seen - 1, max(0, round(fraction * (self.seen - 1))))
+        below = 0
+        for index, count in enumerate(self.counts):
+            below += count
+            if below > rank:
+                return min(max(_bucket_middle(index), self.smallest), self.largest)
+        return self.largest
+
+
+def _bucket_middle(index: int) -> float:
+    if index == 0:
+        return 0.0
+    return 2.0 ** (SHORTEST_EXPONENT + (index - 0.5) / BUCKETS_PER_DOUBLING)
 
 
 @dataclass
@@ -46,10 +81,12 @@ class ConsumerStats:
     finished_at: float | None = None
     by_outcome: dict[Status, int] = field(default_factory=dict)
     batches: int = 0
-    latencies: LatencySample = field(default_factory=LatencySample)
+    latencies: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def record(self, promise_outcome: Status, elapsed_seconds: float) -> None:
-        self.by_outcome[promise_outcome] = self.by_outcome.get(promise_outcome, 0) + 1
+        """Count one ended task; called for every task, so it stays O(1)."""
+        by_outcome = self.by_outcome
+        by_outcome[promise_outcome] = by_outcome.get(promise_outcome, 0) + 1
         if not promise_outcome.wants_requeue:
             self.latencies.add(elapsed_seconds)
 

@@ -36,14 +36,22 @@ class Status(enum.Enum):
     CANCELLED = "cancelled"
     FATAL = "fatal"
 
-    @property
-    def is_final(self) -> bool:
-        return self is not Status.PENDING
+    # Members are singletons, so identity is their equality; hashing by identity keeps
+    # dictionaries and sets keyed by status in C instead of Enum's hash of the name.
+    __hash__ = object.__hash__
 
-    @property
-    def wants_retry(self) -> bool:
-        return self in (Status.RETRY, Status.ERROR, Status.TIMEOUT)
+    #: Whether the promise is done (every status but ``PENDING``).
+    is_final: bool
+    #: Whether the queue should try the message again (RETRY, ERROR, TIMEOUT).
+    wants_retry: bool
+    #: Whether the queue should put the message back untouched (CANCELLED, FATAL).
+    wants_requeue: bool
 
-    @property
-    def wants_requeue(self) -> bool:
-        return self in (Status.CANCELLED, Status.FATAL)
+
+# Plain attributes set once, not properties: they are read for every task that ends,
+# and a property that looks members up on the Enum class costs about a microsecond.
+for _status in Status:
+    _status.is_final = _status is not Status.PENDING
+    _status.wants_retry = _status in (Status.RETRY, Status.ERROR, Status.TIMEOUT)
+    _status.wants_requeue = _status in (Status.CANCELLED, Status.FATAL)
+del _status

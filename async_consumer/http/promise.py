@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..consumer import current_concurrency
+from ..workers import current_concurrency
 from ..errors import PromiseError
 from ..patching import ensure_cooperative
 from ..promise import Promise

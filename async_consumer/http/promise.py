@@ -118,7 +118,11 @@ class RequestsPromise(Promise):
         self.response: requests.Response | None = None
 
     def run(self) -> None:
-        ensure_cooperative()
+        if self.transport != "fast":
+            # requests' own stack is cooperative only in a patched process, and "auto"
+            # may hand it any request; "fast" writes on gevent sockets, which are
+            # cooperative without patching (see async_consumer.fanout).
+            ensure_cooperative()
         pool_size = max(current_concurrency(), DEFAULT_POOL_SIZE)
         session = self.session or shared_session(pool_size)
         self.request = prepare(session, self.factory.create())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backoff import Backoff
 from .promise import Promise
@@ -33,9 +33,16 @@ class Action(enum.Enum):
     REQUEUE = "requeue"
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What to do with one message, and the result line to write first (if final)."""
+#: ``Action.value`` goes through an enum descriptor; counting reads it for every job.
+_ACTION_NAMES = {action: action.value for action in Action}
+
+
+class Decision(NamedTuple):
+    """What to do with one message, and the result line to write first (if final).
+
+    A named tuple rather than a frozen dataclass: one is made for every job, and a
+    tuple is built several times faster while staying just as immutable.
+    """
 
     action: Action
     delay_seconds: float = 0.0
@@ -48,13 +55,14 @@ def decide(
 ) -> Decision:
     """The decision for a settled promise on its ``attempt`` of ``max_attempts``."""
     outcome = promise.outcome
+    if outcome is Status.OK:
+        return Decision(Action.ACK, 0.0, None, result_record(key, "ok", attempt, None, promise))
     if outcome.wants_requeue:
         return Decision(Action.REQUEUE)
 
     if not outcome.wants_retry:
-        status = "ok" if outcome is Status.OK else "failed"
-        error = None if status == "ok" or promise.error is None else str(promise.error)
-        return Decision(Action.ACK, record=result_record(key, status, attempt, error, promise))
+        error = None if promise.error is None else str(promise.error)
+        return Decision(Action.ACK, record=result_record(key, "failed", attempt, error, promise))
 
     error = str(promise.error or outcome.value)
     if attempt >= max_attempts:
@@ -77,14 +85,16 @@ def result_record(
 ) -> dict[str, Any]:
     """One line of the results file."""
     record: dict[str, Any] = {"id": key, "status": status, "status_code": None}
+    elapsed_ms = None
     if promise is not None:
-        record.update(promise.result_fields())
-    record.update({
-        "attempts": attempts,
-        "elapsed_ms": round(promise.elapsed * 1000, 1) if promise is not None else None,
-        "error": error,
-        "finished_at": round(time.time(), 3),
-    })
+        extra = promise.result_fields()
+        if extra:
+            record.update(extra)
+        elapsed_ms = round(promise.elapsed * 1000, 1)
+    record["attempts"] = attempts
+    record["elapsed_ms"] = elapsed_ms
+    record["error"] = error
+    record["finished_at"] = round(time.time(), 3)
     return record
 
 
@@ -101,7 +111,8 @@ class DeliveryCounts:
 
     def count(self, decision: Decision) -> None:
         action = decision.action
-        self.by_action[action.value] = self.by_action.get(action.value, 0) + 1
+        name = _ACTION_NAMES[action]
+        self.by_action[name] = self.by_action.get(name, 0) + 1
         if action is Action.RETRY:
             self.retried += 1
         elif action is Action.REQUEUE:

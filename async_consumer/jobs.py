@@ -11,6 +11,7 @@ that a worker never meets a job it cannot run.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -26,6 +27,11 @@ JOB_KEYS = ("id", "method", "url", "headers", "params", "json", "data", "timeout
             "max_attempts")
 MAX_ATTEMPTS_LIMIT = 1000
 MAX_TIMEOUT_SECONDS = 86400.0
+#: Distinct URLs whose check is remembered; webhook jobs repeat a few URLs many times.
+URL_CACHE_SIZE = 4096
+#: Longer URLs are checked every time, so the cache stays a few megabytes at most.
+URL_CACHE_MAX_LENGTH = 2048
+_JOB_KEY_SET = frozenset(JOB_KEYS)
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _UNSAFE_URL_CHARACTERS = re.compile(r"[\x00-\x20\x7f]")
@@ -79,25 +85,39 @@ def parse_job(record: Any) -> HttpJob:
     if not isinstance(record, dict):
         raise JobError(f"a job must be a JSON object, not {type(record).__name__}")
 
-    unknown = sorted(set(record) - set(JOB_KEYS))
-    if unknown:
+    if not _JOB_KEY_SET.issuperset(record):
+        unknown = sorted(set(record) - _JOB_KEY_SET)
         raise JobError(f"unknown key(s) {', '.join(unknown)}; a job may have "
                        f"{', '.join(JOB_KEYS)}")
-    if "json" in record and "data" in record:
+    has_json = "json" in record
+    if has_json and "data" in record:
         raise JobError("give either 'json' or 'data', not both")
 
-    return HttpJob(
-        url=_check_url(record.get("url")),
-        id=_check_id(record.get("id")),
-        method=_check_method(record.get("method", "GET")),
-        headers=_check_headers(record.get("headers")),
-        params=_check_params(record.get("params")),
-        json=record.get("json"),
-        data=_check_data(record.get("data")),
-        timeout=_check_timeout(record.get("timeout")),
-        max_attempts=_check_max_attempts(record.get("max_attempts")),
-        has_json="json" in record,
-    )
+    get = record.get
+    return _checked_job({
+        "url": _check_url(get("url")),
+        "id": _check_id(get("id")),
+        "method": _check_method(get("method", "GET")),
+        "headers": _check_headers(get("headers")),
+        "params": _check_params(get("params")),
+        "json": get("json"),
+        "data": _check_data(get("data")),
+        "timeout": _check_timeout(get("timeout")),
+        "max_attempts": _check_max_attempts(get("max_attempts")),
+        "has_json": has_json,
+    })
+
+
+def _checked_job(fields: dict[str, Any]) -> HttpJob:
+    """An :class:`HttpJob` from values :func:`parse_job` has already checked.
+
+    A worker parses every job it runs, so this skips the frozen dataclass's
+    ``__init__``, which sets each of the ten fields through ``object.__setattr__``
+    and costs about as much as all the checks of a plain job together.
+    """
+    job = object.__new__(HttpJob)
+    job.__dict__.update(fields)
+    return job
 
 
 def parse_job_lines(lines: Iterable[str]) -> Iterator[HttpJob]:
@@ -118,6 +138,14 @@ def parse_job_lines(lines: Iterable[str]) -> Iterator[HttpJob]:
 def _check_url(url: Any) -> str:
     if not isinstance(url, str) or not url:
         raise JobError("'url' is required: an http:// or https:// address")
+    if len(url) > URL_CACHE_MAX_LENGTH:
+        return _checked_url.__wrapped__(url)
+    return _checked_url(url)
+
+
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
+def _checked_url(url: str) -> str:
+    """The URL checks, remembered per URL: a bad URL raises and is not remembered."""
     try:
         parts = urlsplit(url)
         parts.port
@@ -216,9 +244,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def decode_json(text: str | bytes) -> Any:
-    """Strict JSON: NaN and Infinity are refused, deep nesting is an error, not a crash."""
+    """Strict JSON: NaN and Infinity are refused, deep nesting is an error, not a crash.
+
+    Text goes straight to one shared decoder (``json.loads`` with an argument builds a
+    new decoder on every call); bytes and a leading BOM take ``json.loads``' path,
+    which detects the encoding and reports the BOM.
+    """
     try:
+        if type(text) is str and not text.startswith("\ufeff"):
+            return _DECODER.decode(text)
         return json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None

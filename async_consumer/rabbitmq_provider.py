@@ -26,8 +26,14 @@ forever.
 Ownership. pika is neither thread- nor greenlet-safe, so under gevent one owner
 greenlet holds the ``BlockingConnection`` and its channel: it pumps
 ``process_data_events`` every few milliseconds (heartbeats included, whatever the
-tasks are doing), buffers the deliveries its consumer callback receives, and drains
-a gevent queue of outcomes that task greenlets put there from :meth:`settle`.
+tasks are doing), buffers the deliveries its consumer callback receives, and takes
+the outcomes that task greenlets leave from :meth:`settle`.
+
+Group commit. Outcomes are applied in batches, every ``FLUSH_INTERVAL_SECONDS`` or
+once a quarter of the prefetch window waits: one write and one fsync of their result
+lines, then one flush of their acknowledgements, with a single ``multiple`` frame for
+every delivery below the oldest one still unsettled. An acknowledgement still never
+leaves before its result line is on disk and its copy (if any) is confirmed.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 import pika
@@ -87,9 +93,14 @@ PERSISTENT = 2
 RETRY_BUCKETS_MS = (100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000,
                     120_000, 300_000, 600_000, 1_800_000, 3_600_000)
 
-#: The longest one ``process_data_events`` waits while tasks run; also the most an
-#: outcome waits for its acknowledgement.
+#: The longest one ``process_data_events`` waits while tasks run.
 PUMP_SECONDS = 0.01
+#: Finished outcomes are written and acknowledged together (one write, one fsync, one
+#: flush of acknowledgements) once the oldest has waited this long...
+FLUSH_INTERVAL_SECONDS = 0.01
+#: ... or once this share of the prefetch window waits, so that outcomes waiting for
+#: their acknowledgement never hold back much of the credit new deliveries need.
+FLUSH_PREFETCH_SHARE = 4
 #: The wait with no task in hand: a delivery ends it at once, and it stays far below
 #: half of any heartbeat, so an idle worker costs little CPU and misses nothing.
 IDLE_PUMP_SECONDS = 0.2
@@ -292,9 +303,12 @@ def _masked(url: str) -> str:
 # -- the provider ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    """One message as the owner received it; ``generation`` names its channel."""
+class _Delivery(NamedTuple):
+    """One message as the owner received it; ``generation`` names its channel.
+
+    Named tuples (here and for outcomes) are immutable like frozen dataclasses and
+    several times cheaper to build; one of each is made for every message.
+    """
 
     generation: int
     tag: int
@@ -312,8 +326,7 @@ class _Delivery:
         return self.attempts + (1 if self.redelivered else 0)
 
 
-@dataclass(frozen=True)
-class _Settlement:
+class _Settlement(NamedTuple):
     """What to do with a delivery, and the ``x-attempts`` its copy (if any) carries."""
 
     delivery: _Delivery
@@ -376,7 +389,11 @@ class RabbitMQProvider(Provider):
         self._parameters = connection_parameters(url, heartbeat, f"async_consumer {self.who}")
         self._reconnect = Backoff(RECONNECT_FIRST_SECONDS, reconnect_max, RECONNECT_JITTER)
         self._requests: Queue = Queue()
+        self._outcomes: list[_Settlement] = []
+        self._outcomes_since = 0.0
+        self._flush_size = max(1, self.prefetch // FLUSH_PREFETCH_SHARE)
         self._ready: collections.deque[_Delivery] = collections.deque()
+        self._unacked: set[int] = set()
         self._in_hand = 0
         self._connection: Any = None
         self._channel: Any = None
@@ -527,7 +544,9 @@ class RabbitMQProvider(Provider):
             self.log.debug("job {} attempt {}/{} failed; next attempt in {:.2f}s",
                            delivery.key, attempts, delivery.max_attempts,
                            decision.delay_seconds)
-        self._requests.put(_Settlement(delivery, decision, attempts))
+        if not self._outcomes:
+            self._outcomes_since = time.monotonic()
+        self._outcomes.append(_Settlement(delivery, decision, attempts))
 
     def has_pending_work(self) -> bool:
         """Whether anything is buffered, unsettled, delayed or still ready in the queue.
@@ -536,7 +555,7 @@ class RabbitMQProvider(Provider):
         the delay buckets this process created are looked at, so this answers for
         this worker, the queue's ready messages and its own delayed retries.
         """
-        if self._ready or self._in_hand or not self._requests.empty():
+        if self._ready or self._in_hand or self._outcomes:
             return True
         if self._applying or self._unwritten:
             return True
@@ -613,7 +632,7 @@ class RabbitMQProvider(Provider):
         self._end_outage_if_stable()
 
     def _pump_wait(self) -> float:
-        busy = self._in_hand or self._ready or not self._requests.empty()
+        busy = self._in_hand or self._ready or self._outcomes or not self._requests.empty()
         return PUMP_SECONDS if busy else IDLE_PUMP_SECONDS
 
     def _connect_or_wait(self) -> None:
@@ -657,6 +676,7 @@ class RabbitMQProvider(Provider):
         self._connection, self._channel, self._consumer_tag = connection, channel, tag
         self._generation = generation
         self._buckets = set()
+        self._unacked = set()
         self._note_connected()
 
     def _receiver(self, generation: int) -> Callable[..., None]:
@@ -664,17 +684,18 @@ class RabbitMQProvider(Provider):
 
         def receive(channel: Any, method: Any, properties: Any, body: bytes) -> None:
             headers = properties.headers or {}
+            tag = method.delivery_tag
+            self._unacked.add(tag)
             self._ready.append(_Delivery(
-                generation=generation,
-                tag=method.delivery_tag,
-                body=body,
-                key=message_key(properties.message_id, body),
-                message_id=properties.message_id,
-                headers=own_headers(headers),
-                attempts=header_int(headers, HEADER_ATTEMPTS, 0),
-                max_attempts=max(1, header_int(headers, HEADER_MAX_ATTEMPTS,
-                                               self.default_max_attempts)),
-                redelivered=bool(method.redelivered),
+                generation,
+                tag,
+                body,
+                message_key(properties.message_id, body),
+                properties.message_id,
+                own_headers(headers),
+                header_int(headers, HEADER_ATTEMPTS, 0),
+                max(1, header_int(headers, HEADER_MAX_ATTEMPTS, self.default_max_attempts)),
+                bool(method.redelivered),
             ))
 
         return receive
@@ -753,9 +774,9 @@ class RabbitMQProvider(Provider):
         Their delivery tags mean nothing on another channel; the broker delivers the
         messages again, which is at-least-once doing its job.
         """
-        dropped = len(self._applying) + len(self._unwritten)
-        self._applying, self._unwritten = [], []
-        dropped += sum(1 for _ in self._take_settlements(answer_queries=False))
+        dropped = len(self._applying) + len(self._unwritten) + len(self._outcomes)
+        self._applying, self._unwritten, self._outcomes = [], [], []
+        self._answer_queries(fail=True)
         unstarted = len(self._ready)
         self._ready.clear()
         if dropped or unstarted:
@@ -772,10 +793,15 @@ class RabbitMQProvider(Provider):
 
     # -- applying outcomes (owner) --------------------------------------------------
 
-    def _apply_requests(self) -> None:
-        """Answer queries, then write results and act on every outcome waiting."""
-        batch = self._unwritten + list(self._take_settlements(answer_queries=True))
-        self._unwritten = []
+    def _apply_requests(self, force: bool = False) -> None:
+        """Answer queries, then write results and act on the outcomes waiting, once
+        enough of them wait or the oldest has waited long enough (always with
+        ``force``): a batch costs one write, one fsync and one flush of acks."""
+        self._answer_queries(fail=False)
+        if not self._unwritten and not self._flush_due(force):
+            return
+        batch = self._unwritten + self._outcomes
+        self._unwritten, self._outcomes = [], []
         if not batch:
             return
 
@@ -786,19 +812,23 @@ class RabbitMQProvider(Provider):
         if live and self._write_results(live):
             self._carry_out(live)
 
-    def _take_settlements(self, answer_queries: bool) -> Iterable[_Settlement]:
-        """Drain the request queue; queries are answered (or failed) on the way."""
+    def _flush_due(self, force: bool) -> bool:
+        if not self._outcomes:
+            return False
+        return (force or len(self._outcomes) >= self._flush_size
+                or time.monotonic() - self._outcomes_since >= FLUSH_INTERVAL_SECONDS)
+
+    def _answer_queries(self, fail: bool) -> None:
+        """Answer every waiting query, or fail them all when there is no connection."""
         while True:
             try:
-                item = self._requests.get_nowait()
+                query = self._requests.get_nowait()
             except Empty:
                 return
-            if isinstance(item, _Settlement):
-                yield item
-            elif answer_queries:
-                self._answer(item)
+            if fail:
+                query.answer.set_exception(ConnectionError("no broker connection"))
             else:
-                item.answer.set_exception(ConnectionError("no broker connection"))
+                self._answer(query)
 
     def _answer(self, query: _Query) -> None:
         try:
@@ -830,13 +860,42 @@ class RabbitMQProvider(Provider):
         return True
 
     def _carry_out(self, batch: list[_Settlement]) -> None:
-        """Publish each needed copy (confirmed), then acknowledge its original."""
+        """Publish each needed copy (confirmed), then acknowledge the whole batch.
+
+        A copy's publish waits for its confirm, so every original is acknowledged
+        only after its copy is safe with the broker; the acknowledgements themselves
+        go out together (see :meth:`_acknowledge`).
+        """
         self._applying = list(batch)
-        while self._applying:
-            item = self._applying[0]
+        for item in batch:
             self._publish_copy(item)
-            self._channel.basic_ack(item.delivery.tag)
-            self._applying.pop(0)
+        self._acknowledge([item.delivery.tag for item in batch])
+        self._applying = []
+
+    def _acknowledge(self, tags: list[int]) -> None:
+        """Acknowledge deliveries of the current channel in as few frames as possible.
+
+        Tags below the oldest delivery still unsettled are covered by one ``multiple``
+        acknowledgement: every delivery up to there is settled, in this batch or in an
+        earlier one. The rest are acknowledged one by one. All frames are written out
+        together: ``BlockingChannel.basic_ack`` flushes and polls the socket for every
+        call, which cost more than the rest of a job's handling together, so the
+        frames are queued on the channel's underlying pika channel and flushed once
+        (a pika without that attribute gets the public call per frame).
+        """
+        unacked = self._unacked
+        unacked.difference_update(tags)
+        oldest = min(unacked, default=None)
+        covered = [tag for tag in tags if oldest is None or tag < oldest]
+        singles = [tag for tag in tags if oldest is not None and tag > oldest]
+
+        frames = [(tag, False) for tag in singles]
+        if covered:
+            frames.append((max(covered), True))
+        queue_ack = getattr(self._channel, "_impl", self._channel).basic_ack
+        for tag, multiple in frames:
+            queue_ack(delivery_tag=tag, multiple=multiple)
+        self._connection.process_data_events(time_limit=0)
 
     def _publish_copy(self, item: _Settlement) -> None:
         action = item.decision.action
@@ -894,9 +953,9 @@ class RabbitMQProvider(Provider):
             self._channel.basic_qos(prefetch_count=self.prefetch)
             self._connection.process_data_events(time_limit=0)
             self._channel.basic_cancel(self._consumer_tag)
-            self._apply_requests()
+            self._apply_requests(force=True)
             self._return_unstarted()
-            self._apply_requests()
+            self._apply_requests(force=True)
             self._drain_unwritten()
             self._channel.close()
             self._connection.close()
@@ -920,14 +979,14 @@ class RabbitMQProvider(Provider):
             self.log.info("{}: returning {} unstarted message(s) to the queue", self.who,
                           len(unstarted))
         for delivery in unstarted:
-            self._requests.put(_Settlement(delivery, Decision(Action.REQUEUE),
-                                           delivery.spent))
+            self._outcomes.append(_Settlement(delivery, Decision(Action.REQUEUE),
+                                              delivery.spent))
 
     def _drain_unwritten(self) -> None:
         """At shutdown a failed results write is tried once more, then given up."""
         if self._unwritten:
             self._results_retry_at = 0.0
-            self._apply_requests()
+            self._apply_requests(force=True)
         if self._unwritten:
             self._drop_pending("their result lines could not be written")
 

@@ -67,9 +67,10 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
+import gevent.event
 import gevent.lock
 import redis
 from redis.backoff import NoBackoff
@@ -95,7 +96,8 @@ from .provider import Provider, Transformer
 from .results import ResultsFile
 
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.05
-#: A buffer this large is flushed at once; also the most outcomes one script applies.
+#: A buffer this large wakes the housekeeper at once; also the most outcomes one
+#: script applies.
 FLUSH_BATCH_SIZE = 500
 #: How often due retries are moved from the delayed set back into the stream.
 PROMOTE_INTERVAL_SECONDS = 0.2
@@ -122,15 +124,24 @@ WRITE = "write"
 #: Makes the client for a role ("reader" or "writer"); tests wrap the client here.
 ClientFactory = Callable[[str], "redis.Redis"]
 
-#: ARGV[1] = group, then 7 values per outcome: action, entry id, then up to five
-#: action-specific values. Nothing happens unless XACK says the entry was pending.
+#: ARGV[1] = group, ARGV[2] = n, then the entry ids of n plain acknowledgements (the
+#: common outcome, one value each), then 7 values per other outcome: action, entry
+#: id, then up to five action-specific values. Nothing happens to an entry unless
+#: XACK says it was pending.
 SETTLE_SCRIPT = """
 local stream, delayed, dead = KEYS[1], KEYS[2], KEYS[3]
 local group = ARGV[1]
+local acks = tonumber(ARGV[2])
+local applied = 0
+for i = 3, acks + 2 do
+  if redis.call('XACK', stream, group, ARGV[i]) == 1 then
+    redis.call('XDEL', stream, ARGV[i])
+    applied = applied + 1
+  end
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local applied = 0
-for i = 2, #ARGV, 7 do
+for i = acks + 3, #ARGV, 7 do
   local action, entry = ARGV[i], ARGV[i + 1]
   if redis.call('XACK', stream, group, entry) == 1 then
     redis.call('XDEL', stream, entry)
@@ -357,17 +368,17 @@ def _parse_entry(entry_id: bytes, fields: dict[bytes, bytes] | None,
                  default_max_attempts: int, deliveries: int = 1) -> _Entry:
     """Read an entry without trusting it: a malformed one is marked, not raised, so
     that it is dead-lettered instead of failing the whole batch it came in."""
-    named = {_text(name): value for name, value in (fields or {}).items()}
+    fields = fields or {}
     entry_text = _text(entry_id)
     entry = _Entry(
         entry_id=entry_text,
-        key=_text(named.get("id")) or entry_text,
-        payload=named.get("payload", b""),
-        attempts=_whole(named.get("attempts"), 0),
-        max_attempts=_whole(named.get("max_attempts"), default_max_attempts),
+        key=_text(fields.get(b"id")) or entry_text,
+        payload=fields.get(b"payload", b""),
+        attempts=_whole(fields.get(b"attempts"), 0),
+        max_attempts=_whole(fields.get(b"max_attempts"), default_max_attempts),
         deliveries=deliveries,
     )
-    entry.problem = _entry_problem(named, entry)
+    entry.problem = _entry_problem(fields, entry)
     if entry.problem is None:
         try:
             entry.text = entry.payload.decode("utf-8")
@@ -376,13 +387,13 @@ def _parse_entry(entry_id: bytes, fields: dict[bytes, bytes] | None,
     return entry
 
 
-def _entry_problem(named: dict[str, bytes], entry: _Entry) -> str | None:
-    if "payload" not in named:
+def _entry_problem(fields: dict[bytes, bytes], entry: _Entry) -> str | None:
+    if b"payload" not in fields:
         return "the entry has no payload field"
     if entry.attempts < 0:
-        return f"attempts is not a whole number >= 0: {named.get('attempts')!r}"
+        return f"attempts is not a whole number >= 0: {fields.get(b'attempts')!r}"
     if entry.max_attempts < 1:
-        return f"max_attempts is not a whole number >= 1: {named.get('max_attempts')!r}"
+        return f"max_attempts is not a whole number >= 1: {fields.get(b'max_attempts')!r}"
     return None
 
 
@@ -408,19 +419,17 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-@dataclass
-class _Settlement:
-    """An outcome waiting to be applied to Redis."""
+class _Settlement(NamedTuple):
+    """An outcome waiting to be applied to Redis (a tuple: one is made per job)."""
 
     entry: _Entry
     decision: Decision
 
     def script_args(self) -> list[str | bytes]:
-        """The seven values the settle script takes for this outcome."""
+        """The seven values the settle script takes for an outcome other than a plain
+        acknowledgement (those are passed as bare entry ids)."""
         entry, decision = self.entry, self.decision
         action = decision.action
-        if action is Action.ACK:
-            return ["ack", entry.entry_id, "", "", "", "", ""]
         if action is Action.RETRY:
             return ["retry", entry.entry_id, f"{decision.delay_seconds:.3f}",
                     entry.retry_member(), "", "", ""]
@@ -546,6 +555,7 @@ class RedisProvider(Provider):
         self._buffer: list[_Settlement] = []
         self._unapplied: list[_Settlement] = []
         self._flush_lock = gevent.lock.Semaphore()
+        self._flush_soon = gevent.event.Event()
         self._housekeeper: gevent.Greenlet | None = None
         self._closed = False
         self._group_ready = False
@@ -748,7 +758,9 @@ class RedisProvider(Provider):
         decision = decide(promise, entry.key, entry.attempt, entry.max_attempts, self.backoff)
         self._record(entry, decision)
         if len(self._buffer) >= FLUSH_BATCH_SIZE:
-            self.flush()
+            # The housekeeper writes, not the task: a task never waits for the disk or
+            # Redis, and a task cancelled at shutdown can never be inside a flush.
+            self._flush_soon.set()
 
     def _record(self, entry: _Entry, decision: Decision) -> None:
         self.counts.count(decision)
@@ -796,9 +808,12 @@ class RedisProvider(Provider):
             if not force and not self._outage.may_try(WRITE):
                 return False
             batch = self._unapplied[:FLUSH_BATCH_SIZE]
-            args: list[Any] = [self.keys.group]
+            acks = [item.entry.entry_id for item in batch
+                    if item.decision.action is Action.ACK]
+            args: list[Any] = [self.keys.group, len(acks), *acks]
             for item in batch:
-                args.extend(item.script_args())
+                if item.decision.action is not Action.ACK:
+                    args.extend(item.script_args())
             try:
                 self._settle_script(keys=[self.keys.stream, self.keys.delayed,
                                           self.keys.dead], args=args)
@@ -820,8 +835,13 @@ class RedisProvider(Provider):
         pauses this loop with a growing delay instead of logging every 50 ms."""
         failures = 0
         while not self._closed:
-            pause = self.flush_interval * (2 ** min(failures, 10))
-            gevent.sleep(min(pause, max(self.options.reconnect_max, self.flush_interval)))
+            pause = min(self.flush_interval * (2 ** min(failures, 10)),
+                        max(self.options.reconnect_max, self.flush_interval))
+            if failures:
+                gevent.sleep(pause)
+            else:
+                self._flush_soon.wait(pause)
+            self._flush_soon.clear()
             try:
                 self.flush()
                 self._promote_if_due()

@@ -9,10 +9,11 @@ throughput. A crash between the two steps repeats a result line; it never loses 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
+import gevent.event
+import gevent.lock
 
 from .backoff import Backoff
 from .delivery import (
@@ -30,13 +31,12 @@ from .results import ResultsFile
 from .sqlite_queue import QueuedJob, SQLiteQueue
 
 DEFAULT_FLUSH_INTERVAL_SECONDS = 0.05
-#: A buffer this large is flushed at once instead of waiting for the interval.
+#: A buffer this large wakes the flusher at once instead of waiting for the interval.
 FLUSH_BATCH_SIZE = 500
 
 
-@dataclass
-class _Settlement:
-    """A final decision waiting for the next flush."""
+class _Settlement(NamedTuple):
+    """A final decision waiting for the next flush (a tuple: one is made per job)."""
 
     job_id: int
     decision: Decision
@@ -73,6 +73,8 @@ class SQLiteProvider(Provider):
         self.flush_interval = flush_interval
         self.counts = DeliveryCounts()
         self._buffer: list[_Settlement] = []
+        self._flush_lock = gevent.lock.Semaphore()
+        self._flush_soon = gevent.event.Event()
         self._flusher: gevent.Greenlet | None = None
         self._closed = False
 
@@ -115,7 +117,9 @@ class SQLiteProvider(Provider):
         decision = decide(promise, job.key, job.attempt, job.max_attempts, self.backoff)
         self._record(job, decision)
         if len(self._buffer) >= FLUSH_BATCH_SIZE:
-            self.flush()
+            # The flusher writes, not the task: a task never waits for the disk, and
+            # a task cancelled at shutdown can never be inside a flush.
+            self._flush_soon.set()
 
     def _record(self, job: QueuedJob, decision: Decision) -> None:
         self.counts.count(decision)
@@ -138,19 +142,29 @@ class SQLiteProvider(Provider):
 
     def _flush_periodically(self) -> None:
         while not self._closed:
-            gevent.sleep(self.flush_interval)
+            self._flush_soon.wait(self.flush_interval)
+            self._flush_soon.clear()
             try:
                 self.flush()
             except Exception:
                 self.log.exception("could not record {} finished job(s); trying again",
                                    len(self._buffer))
+                # Not at every wake-up: a failing disk is tried again once per interval.
+                gevent.sleep(self.flush_interval)
 
     def flush(self) -> None:
         """Write the buffered results, then delete or dead-letter their jobs.
 
         If writing fails the buffer is kept, so the jobs stay leased and nothing is
-        acknowledged without its result.
+        acknowledged without its result. One flush at a time: the results file waits
+        for its fsync cooperatively.
         """
+        if not self._buffer:
+            return
+        with self._flush_lock:
+            self._flush_buffer()
+
+    def _flush_buffer(self) -> None:
         if not self._buffer:
             return
 
@@ -187,12 +201,20 @@ class SQLiteProvider(Provider):
             return
 
         self._closed = True
-        if self._flusher is not None:
-            self._flusher.kill(block=True, timeout=1)
-        self.flush()
+        with self._flush_lock:
+            # Holding the lock, the flusher is between flushes: killing it inside one
+            # would leave result lines written for jobs it had not yet deleted.
+            if self._flusher is not None:
+                self._flusher.kill(block=True, timeout=1)
+            self._flush_buffer()
         self.queue.close()
         if self.results is not None:
             self.results.close()
 
     def describe(self) -> str:
         return f"sqlite:{self.queue.path}"
+
+    def queue_depth(self) -> int | None:
+        """Jobs ready or waiting for a retry, for the metrics (leased ones excluded)."""
+        counts = self.queue.counts()
+        return counts["ready"] + counts["delayed"]

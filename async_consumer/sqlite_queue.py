@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from async_consumer.errors import ConfigError, QueueError
 
@@ -116,11 +116,15 @@ _SELECT_READY = """
     FROM jobs WHERE available_at <= ? ORDER BY available_at, id LIMIT ?
 """
 
+# Followed by "(?, ?, ...)": one statement leases a whole batch of ids.
 _LEASE = """
     UPDATE jobs SET attempt = attempt + 1, available_at = ?,
         lease_owner = ?, lease_host = ?, lease_pid = ?
-    WHERE id = ?
+    WHERE id IN
 """
+
+#: Ids bound in one statement: old SQLite builds allow at most 999 variables.
+_IDS_PER_STATEMENT = 500
 
 _BURY = """
     INSERT INTO dead_jobs
@@ -143,8 +147,7 @@ _COUNT_LIVE = """
 """
 
 
-@dataclass(frozen=True)
-class QueuedJob:
+class QueuedJob(NamedTuple):
     """One delivery of a job, as handed out by :meth:`SQLiteQueue.claim`.
 
     ``attempt`` counts deliveries including this one, so a handler can tell whether a
@@ -153,6 +156,9 @@ class QueuedJob:
     outcome (the worker died or hung until its lease ran out); the queue still delivers
     such a job rather than burying it silently, so that the caller can record why it
     gave up and dead-letter it without running it again.
+
+    A named tuple, immutable like a frozen dataclass but built several times faster:
+    a worker makes one for every delivery.
     """
 
     job_id: int
@@ -393,11 +399,11 @@ class SQLiteQueue:
                 [(now, self._host, owner, now) for owner in dead_owners])
 
         rows = conn.execute(_SELECT_READY, (now, limit)).fetchall()
-        conn.executemany(_LEASE, [(lease_until, self._owner, self._host, self._pid, row[0])
-                                  for row in rows])
+        lease = (lease_until, self._owner, self._host, self._pid)
+        for chunk in _chunks([row[0] for row in rows]):
+            conn.execute(_LEASE + _placeholders(len(chunk)), (*lease, *chunk))
 
-        return [QueuedJob(job_id=row[0], key=row[1], payload=row[2], attempt=row[3] + 1,
-                          max_attempts=row[4], enqueued_at=row[5], last_error=row[6])
+        return [QueuedJob(row[0], row[1], row[2], row[3] + 1, row[4], row[5], row[6])
                 for row in rows]
 
     def _dead_owners(self) -> list[str]:
@@ -420,14 +426,17 @@ class SQLiteQueue:
         Jobs this instance no longer holds (its lease expired and another worker took
         them) are left alone and not counted: the other worker will deliver them again.
         """
-        params = [(job_id, self._owner) for job_id in job_ids]
-        if not params:
+        ids = list(job_ids)
+        if not ids:
             return 0
 
-        return self._transaction(
-            lambda conn: conn.executemany(
-                "DELETE FROM jobs WHERE id = ? AND lease_owner = ?", params).rowcount,
-            write=True)
+        def body(conn: sqlite3.Connection) -> int:
+            return sum(
+                conn.execute("DELETE FROM jobs WHERE lease_owner = ? AND id IN "
+                             + _placeholders(len(chunk)), (self._owner, *chunk)).rowcount
+                for chunk in _chunks(ids))
+
+        return self._transaction(body, write=True)
 
     def retry(self, job_id: int, delay_seconds: float, error: str) -> None:
         """Hand a failed job back for another try after ``delay_seconds``.
@@ -590,6 +599,17 @@ class SQLiteQueue:
         self._closed = True
         if os.getpid() == self._pid:
             self._conn.close()
+
+
+def _chunks(ids: list[int]) -> list[list[int]]:
+    """``ids`` in slices small enough to bind in one statement."""
+    return [ids[start:start + _IDS_PER_STATEMENT]
+            for start in range(0, len(ids), _IDS_PER_STATEMENT)]
+
+
+def _placeholders(count: int) -> str:
+    """``(?, ?, ...)`` for ``count`` values."""
+    return "(" + ",".join("?" * count) + ")"
 
 
 def _job_row(item: tuple[str, str, int], now: float) -> tuple[str, str, int, float, float]:

@@ -196,6 +196,32 @@ def test_killed_and_restarted_workers_lose_nothing_and_repeat_only_in_flight_job
     assert counts(queue) == {"ready": 0, "dead": 0, "consumers": 0}
 
 
+def test_batched_acknowledgements_never_cover_a_message_that_is_still_running(
+    rabbitmq: None, tmp_path: Path, queue: str, fresh_target: Target, workers: Workers
+) -> None:
+    # Acknowledgements go out in batches, with one "multiple" frame for every delivery
+    # below the oldest one still unsettled. The early jobs end before the hanging one
+    # starts; the late ones end while it runs, so none of theirs may reach past it.
+    early = [job(f"early-{n}", f"{fresh_target.url}/ok") for n in range(10)]
+    late = [job(f"late-{n}", f"{fresh_target.url}/delay/{n % 7 * 5}") for n in range(60)]
+    publish_jobs(queue, early + [job("hanging", f"{fresh_target.url}/hang")] + late)
+    worker_ini(tmp_path, queue, concurrency=20, consumer="task_timeout = 60\n")
+    worker = workers.start()
+    results = tmp_path / "results.jsonl"
+
+    wait_until(lambda: line_count(results) == 70, "a result for every job but one")
+    # A batch is acknowledged right after its lines are written; give the last one
+    # ample time to leave before the worker dies.
+    time.sleep(1.0)
+    assert stop(worker, signal.SIGKILL) == -signal.SIGKILL
+
+    wait_until(lambda: counts(queue)["ready"] == 1, "the running job back in the queue")
+    assert [message.message_id for message in peek(queue)] == ["hanging"]
+    seen = ids_in(results)
+    assert set(seen) == {job_id for job_id, _, _ in early + late}
+    assert set(seen.values()) == {1}
+
+
 def test_a_message_that_kills_every_worker_is_dead_lettered_after_its_grace(
     rabbitmq: None, tmp_path: Path, queue: str, fresh_target: Target, workers: Workers
 ) -> None:

@@ -557,6 +557,32 @@ def test_a_lost_reply_to_settlements_is_replayed_without_a_second_effect(
     assert queue_is_drained(queue)
 
 
+def test_plain_acknowledgements_and_other_outcomes_settle_together_and_replay_safely(
+    redis_server: None, queue: str
+) -> None:
+    # Plain acknowledgements travel as bare entry ids ahead of the other outcomes in
+    # one settle call; a replay after the lost reply must find every entry settled.
+    LosesOneReply.lost = 0
+    EchoPromise.runs = {}
+    plain = [f"plain-{n}" for n in range(30)]
+    publish(queue, [(job_id, json.dumps({"id": job_id}), 3) for job_id in plain[:15]]
+            + [("retried", json.dumps({"id": "retried", "fail_first": True}), 3),
+               ("buried", json.dumps({"id": "buried", "fail_first": True}), 1)]
+            + [(job_id, json.dumps({"id": job_id}), 3) for job_id in plain[15:]])
+    consumer, provider, _ = in_process_consumer(queue, LosesOneReply, "writer")
+
+    with gevent.Timeout(20):
+        consumer.consume(until_empty=True)
+
+    assert LosesOneReply.lost == 1
+    assert EchoPromise.runs == {**{job_id: 1 for job_id in plain}, "retried": 2, "buried": 1}
+    assert provider.counts.ok == 31 and provider.counts.retried == 1
+    assert [entry["id"] for entry in stream_entries(Keys.for_queue(queue).dead)] == ["buried"]
+    assert queue_is_drained(queue)
+    with client() as connection:
+        assert connection.xpending(queue, queue)["pending"] == 0
+
+
 def test_a_retry_starts_when_it_is_due_not_an_idle_pause_later(
     redis_server: None, queue: str
 ) -> None:

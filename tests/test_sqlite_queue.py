@@ -147,6 +147,25 @@ def test_put_claim_complete(queue: SQLiteQueue, clock: FakeClock) -> None:
     assert queue.counts() == {"ready": 0, "delayed": 0, "leased": 0, "dead": 0}
 
 
+def test_batches_larger_than_one_statement_are_leased_and_deleted_whole(
+    queue: SQLiteQueue, clock: FakeClock, db_path: Path
+) -> None:
+    put(queue, 1300)
+
+    claimed = queue.claim(1200)
+    assert [job.key for job in claimed] == [f"k{i}" for i in range(1200)]
+    assert {job.attempt for job in claimed} == {1}
+    assert queue.counts() == {"ready": 100, "delayed": 0, "leased": 1200, "dead": 0}
+
+    stranger = SQLiteQueue(db_path, clock=clock)
+    assert stranger.complete_many(job.job_id for job in claimed) == 0
+    stranger.close()
+    assert queue.complete_many(job.job_id for job in claimed[:1100]) == 1100
+    assert queue.counts() == {"ready": 100, "delayed": 0, "leased": 100, "dead": 0}
+    assert queue.complete_many(job.job_id for job in claimed) == 100
+    assert [job.key for job in queue.claim(1000)] == [f"k{i}" for i in range(1200, 1300)]
+
+
 def test_put_many_stores_nothing_when_an_item_is_bad(queue: SQLiteQueue) -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         queue.put_many([("a", "{}", 3), ("b", "{}", 0)])

@@ -17,6 +17,7 @@ from .jobs import HttpJob, JobError, parse_job_lines
 from .logsetup import configure_logging
 from .producer import Producer, open_publisher
 from .runner import build_worker, check_claim_time, check_lease_time
+from .services import start_services
 from .delivery import DeliveryCounts
 from .sqlite_provider import SQLiteProvider
 from .errors import QueueError
@@ -169,6 +170,7 @@ def _check_job_lines(lines: list[str]) -> tuple[list[HttpJob], list[str]]:
 def _run(args: argparse.Namespace, config: Config) -> int:
     worker = build_worker(config)
     logger.info("settings in force: {}", json.dumps(config.describe(), default=str))
+    services = start_services(config, worker, args.config)
     bar = _progress_bar(worker.provider, args)
     if bar is not None:
         bar.start()
@@ -181,6 +183,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     finally:
         if bar is not None:
             bar.stop()
+        services.stop()
 
     print(_summary_line(worker.provider, stats.summary(), config))
     return EXIT_OK

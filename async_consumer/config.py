@@ -30,6 +30,7 @@ __all__ = [
     "ConsumerConfig",
     "HttpConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ProviderConfig",
     "ResultsConfig",
     "RetryConfig",
@@ -133,6 +134,17 @@ class LoggingConfig:
     format: str = s.DEFAULT_LOG_FORMAT
     file: Path | None = s.DEFAULT_LOG_FILE
     enqueue: bool = s.DEFAULT_LOG_ENQUEUE
+    block_report_seconds: float = s.DEFAULT_BLOCK_REPORT_SECONDS
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the opt-in metrics and health endpoint."""
+
+    enabled: bool = s.DEFAULT_METRICS_ENABLED
+    host: str = s.DEFAULT_METRICS_HOST
+    port: int = s.DEFAULT_METRICS_PORT
+    top_hosts: int = s.DEFAULT_METRICS_TOP_HOSTS
 
 
 _SECTION_TYPES: dict[str, type] = {
@@ -142,6 +154,7 @@ _SECTION_TYPES: dict[str, type] = {
     "retry": RetryConfig,
     "results": ResultsConfig,
     "logging": LoggingConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -156,6 +169,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def describe(self) -> dict[str, Any]:
         """The settings in force as plain data, for the startup log line.

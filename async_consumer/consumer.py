@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -25,7 +26,7 @@ from .stats import ConsumerStats
 from .status import Status
 from .workers import Deadline, TaskGreenlet, WorkerPool, current_concurrency
 
-__all__ = ["AsyncConsumer", "Mode", "TaskGreenlet", "current_concurrency"]
+__all__ = ["AsyncConsumer", "ConsumerObserver", "Mode", "TaskGreenlet", "current_concurrency"]
 
 DEFAULT_TASK_TIMEOUT_SECONDS = 60.0
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 30.0
@@ -45,6 +46,10 @@ RESOLVER_SPARE_THREADS = 4
 RESOLVER_MAX_THREADS = 1024
 #: Below this many free file descriptors per task slot, startup warns.
 FILES_PER_TASK = 2
+#: Observers are ticked at most this often, from the loop (never per task).
+TICK_SECONDS = 0.1
+#: With observers, the longest the loop sleeps while idle, so that ticks stay regular.
+OBSERVED_IDLE_PAUSE_SECONDS = 0.25
 
 # Read for every task: a module global costs a twentieth of ``Status.OK`` on the class.
 _OK = Status.OK
@@ -77,6 +82,27 @@ class _IdleBackoff:
 
     def reset(self) -> None:
         self.current = IDLE_POLL_MIN_SECONDS
+
+
+class ConsumerObserver:
+    """Hears about a consumer's life: start, regular ticks, stop; no-ops by default.
+
+    The loop calls :meth:`on_tick` at most every ``TICK_SECONDS`` and never per task,
+    so that watching a consumer (systemd's watchdog, health checks) costs nothing on
+    the task path. A tick that stops coming means the loop itself is stuck.
+    """
+
+    def on_start(self, consumer: AsyncConsumer) -> None:
+        """The provider is built and the loop is about to take work."""
+
+    def on_tick(self, consumer: AsyncConsumer, now: float) -> None:
+        """The loop is alive; ``now`` is ``time.monotonic()``."""
+
+    def on_stopping(self, consumer: AsyncConsumer, reason: str) -> None:
+        """Shutdown has begun: no new work is taken."""
+
+    def on_stopped(self, consumer: AsyncConsumer) -> None:
+        """The provider is closed and the run is over."""
 
 
 class AsyncConsumer:
@@ -132,6 +158,16 @@ class AsyncConsumer:
         self._signals_seen = 0
         self._fatal: FatalTaskError | None = None
         self._next_progress_at = 0.0
+        #: Told about start, ticks and stop; see :class:`ConsumerObserver`.
+        self.observers: list[Any] = []
+        #: Called with every settled promise, after the provider; ``None``: nothing to
+        #: call, which is what keeps a run without metrics at its usual cost per task.
+        self.on_settled: Callable[[Promise], None] | None = None
+        #: ``time.monotonic()`` of the loop's latest tick; 0 before the first.
+        self.last_tick = 0.0
+        #: ``time.monotonic()`` of the latest failure to fetch work; 0 if none.
+        self.last_fetch_error = 0.0
+        self._next_tick_at = 0.0
 
     # -- public API -------------------------------------------------------------------
 
@@ -144,9 +180,11 @@ class AsyncConsumer:
         self.stats = ConsumerStats()
         self.pool = self._new_pool()
         self._debug = self.log.is_enabled("DEBUG")
-        self._announce()
+        # Signals first: once the start is announced (READY=1 for systemd), a SIGTERM
+        # must find the graceful handler.
         watchers = self._install_signal_handlers()
         try:
+            self._announce()
             self._loop(until_empty)
         finally:
             self._shutdown()
@@ -172,6 +210,33 @@ class AsyncConsumer:
             "stopping ({}): taking no new work, {} task(s) in flight",
             reason, len(self.pool),
         )
+        self._tell("on_stopping", reason)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Change how many tasks may run at once, while running.
+
+        Growing takes effect at the next free slot; shrinking lets the tasks in flight
+        finish and starts new ones only once fewer than ``concurrency`` run. Workers
+        beyond the new size end after their idle time.
+        """
+        _check_arguments(concurrency, self.max_batch_collect_time, self.task_timeout,
+                         self.shutdown_timeout)
+        self.concurrency = concurrency
+        self.pool.size = concurrency
+        self._size_resolver_pool()
+
+    def set_stats_interval(self, seconds: float) -> None:
+        """Change how often the progress line is logged, from the next line on."""
+        self.stats_interval = seconds
+        self._next_progress_at = time.monotonic() + seconds
+
+    def refresh_log_level(self) -> None:
+        """Re-read whether DEBUG lines are wanted, after the log sinks changed."""
+        self._debug = self.log.is_enabled("DEBUG")
 
     @property
     def in_flight(self) -> int:
@@ -182,7 +247,7 @@ class AsyncConsumer:
     def _loop(self, until_empty: bool) -> None:
         idle = _IdleBackoff(self.idle_poll_max)
         while not self._stopping:
-            self._log_progress_if_due()
+            self._tick_if_due()
             if not self._wait_for_free_slot():
                 continue
 
@@ -233,6 +298,7 @@ class AsyncConsumer:
         try:
             return self.provider.get_batch(count)
         except Exception:
+            self.last_fetch_error = time.monotonic()
             self.log.exception(
                 "provider {} failed to deliver work; trying again shortly",
                 self.provider.describe(),
@@ -252,7 +318,7 @@ class AsyncConsumer:
         self.pool.submit(batch)
         self.stats.batches += 1
         while not self.pool.join(timeout=SLOT_WAIT_SECONDS) and not self._stopping:
-            pass
+            self._tick_if_due()
         self.log.info(
             "batch of {} finished in {:.3f}s ({} ended)",
             len(batch), time.monotonic() - started, self.stats.finished - finished_before,
@@ -271,6 +337,8 @@ class AsyncConsumer:
     def _idle_pause(self, idle: _IdleBackoff) -> float:
         """The backoff pause, cut short when the provider knows work is due sooner."""
         pause = idle.next()
+        if self.observers:
+            pause = min(pause, OBSERVED_IDLE_PAUSE_SECONDS)
         try:
             due = self.provider.seconds_until_ready()
         except Exception:
@@ -312,6 +380,8 @@ class AsyncConsumer:
                 "task {}: the provider could not record its outcome ({}); the queue "
                 "will deliver it again", promise.id, outcome.value,
             )
+        if self.on_settled is not None:
+            self.on_settled(promise)
 
     def _execute(self, promise: Promise, deadline: Deadline | None) -> Status:
         """Run the promise under its own timer, started from the worker's deadline.
@@ -398,6 +468,8 @@ class AsyncConsumer:
         self._warn_about_file_limit()
         self._size_resolver_pool()
         self._next_progress_at = time.monotonic() + self.stats_interval
+        self.last_tick = time.monotonic()
+        self._tell("on_start")
 
     def _warn_about_file_limit(self) -> None:
         try:
@@ -453,7 +525,7 @@ class AsyncConsumer:
         if in_flight:
             self.log.info("waiting up to {}s for {} in-flight task(s)", self.shutdown_timeout,
                           in_flight)
-            if not self.pool.join(timeout=self.shutdown_timeout):
+            if not self._join_ticking(self.shutdown_timeout):
                 self.log.warning("cancelling {} task(s) still running after {}s; they are "
                                  "requeued", len(self.pool), self.shutdown_timeout)
                 self.pool.kill(timeout=CANCEL_GRACE_SECONDS)
@@ -471,9 +543,42 @@ class AsyncConsumer:
 
         self.stats.finished_at = time.monotonic()
         self.log.info("consumer stopped: {}", _format_summary(self.stats.summary()))
+        self._tell("on_stopped")
 
-    def _log_progress_if_due(self) -> None:
+    def _join_ticking(self, timeout: float) -> bool:
+        """Wait for the tasks in flight, still ticking: the watchdog runs during a stop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.pool.join(timeout=max(0.0, min(remaining, SLOT_WAIT_SECONDS))):
+                return True
+            if remaining <= SLOT_WAIT_SECONDS:
+                return False
+            self._tick_if_due()
+
+    def _tick_if_due(self) -> None:
+        """Once per loop turn: one clock read, and the observers at most every tick."""
         now = time.monotonic()
+        if now < self._next_tick_at:
+            return
+        self._next_tick_at = now + TICK_SECONDS
+        self.last_tick = now
+        for observer in self.observers:
+            try:
+                observer.on_tick(self, now)
+            except Exception:
+                self.log.exception("observer {!r} failed on a tick", observer)
+        self._log_progress_if_due(now)
+
+    def _tell(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every observer; one that fails is logged, never fatal."""
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(self, *args)
+            except Exception:
+                self.log.exception("observer {!r} failed on {}", observer, event)
+
+    def _log_progress_if_due(self, now: float) -> None:
         if now < self._next_progress_at:
             return
         self._next_progress_at = now + self.stats_interval

@@ -1,6 +1,8 @@
 """Log sinks for the command-line entry point; library code never calls this.
 
-Besides adding the loguru sink, it routes the standard ``logging`` records of
+Every line goes through :class:`~async_consumer.redaction.RedactingStream`, so that a
+password in a URL or a token in a header never reaches the log. Besides adding the
+loguru sink, it routes the standard ``logging`` records of
 ``requests``/``urllib3`` (such as "Connection pool is full") into the same sink, so
 that an operator reads one log.
 """
@@ -12,6 +14,8 @@ import sys
 from typing import Any
 
 from loguru import logger
+
+from .redaction import RedactingStream
 
 TEXT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
@@ -47,7 +51,11 @@ def configure_logging(
                      "background queue can hang once gevent has patched threads")
 
     logger.remove()
-    sink: Any = file if file else sys.stderr
+    if file:
+        sink = RedactingStream(open(file, "a", encoding="utf-8", buffering=1),
+                               close_target=True)
+    else:
+        sink = RedactingStream(sys.stderr)
     options: dict[str, Any] = {"level": level, "enqueue": enqueue, "backtrace": False}
     if fmt == "json":
         options["serialize"] = True

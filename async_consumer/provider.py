@@ -71,6 +71,13 @@ class Provider(abc.ABC):
         """One line for the startup log."""
         return type(self).__name__
 
+    def queue_depth(self) -> int | None:
+        """How many messages wait in the queue, for the metrics; ``None``: unknown.
+
+        Called only when metrics are scraped, never on the task path.
+        """
+        return None
+
 
 class MemoryProvider(Provider):
     """An in-memory provider: the twin of the queue providers for tests and scripts.

@@ -97,6 +97,16 @@ DEFAULT_LOG_FORMAT = "text"
 DEFAULT_LOG_FILE = None
 DEFAULT_LOG_ENQUEUE = False
 
+# [metrics]
+DEFAULT_METRICS_ENABLED = False
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9464
+DEFAULT_METRICS_TOP_HOSTS = 20
+MAX_METRICS_TOP_HOSTS = 1000
+
+# [logging], the blocked-hub report
+DEFAULT_BLOCK_REPORT_SECONDS = 0.0
+
 SECONDS = "seconds"
 FRACTION = "fraction"
 
@@ -111,6 +121,7 @@ SECTION_DESCRIPTIONS = {
     "retry": "How failed jobs are retried; a job's own max_attempts wins.",
     "results": "The append-only file that records every finished job.",
     "logging": "Where and how the daemon logs.",
+    "metrics": "An optional HTTP endpoint for Prometheus metrics and health checks.",
 }
 
 Parser = Callable[[str, Path], Any]
@@ -600,6 +611,40 @@ _LOGGING = (
     ),
 )
 
+_LOGGING_BLOCKED_HUB = (
+    Setting(
+        "logging", "block_report_seconds", parse_float, DEFAULT_BLOCK_REPORT_SECONDS,
+        _NON_NEGATIVE_SECONDS + " (0: off)",
+        "Log a warning with the stack of any code that keeps every task waiting (holds "
+        "the event loop) this long; 0 turns the check off, which costs nothing.",
+        check=at_least(0), unit=SECONDS,
+    ),
+)
+
+_METRICS = (
+    _flag(
+        "metrics", "enabled", DEFAULT_METRICS_ENABLED,
+        "Serve /metrics (Prometheus text format), /healthz and /readyz over HTTP.",
+    ),
+    Setting(
+        "metrics", "host", parse_string, DEFAULT_METRICS_HOST, "an IP address or host name",
+        "The address the endpoint listens on; the default keeps it on this machine.",
+        check=not_empty,
+    ),
+    Setting(
+        "metrics", "port", parse_int, DEFAULT_METRICS_PORT, "a port number from 0 to 65535",
+        "The port the endpoint listens on; 0 picks a free one and logs it.",
+        check=in_range(0, 65535),
+    ),
+    Setting(
+        "metrics", "top_hosts", parse_int, DEFAULT_METRICS_TOP_HOSTS,
+        f"a whole number from 0 to {MAX_METRICS_TOP_HOSTS}",
+        "How many target hosts get series of their own; the rest are counted as "
+        "\"other\", so that the number of series stays bounded.",
+        check=in_range(0, MAX_METRICS_TOP_HOSTS),
+    ),
+)
+
 
 class SettingsRegistry:
     """All settings in documentation order, with lookups by section and key."""
@@ -632,4 +677,7 @@ class SettingsRegistry:
         return self._by_name[(section, key)]
 
 
-SETTINGS = SettingsRegistry(_CONSUMER + _PROVIDER + _HTTP + _RETRY + _RESULTS + _LOGGING)
+SETTINGS = SettingsRegistry(
+    _CONSUMER + _PROVIDER + _HTTP + _RETRY + _RESULTS + _LOGGING + _LOGGING_BLOCKED_HUB
+    + _METRICS
+)

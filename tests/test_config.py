@@ -88,6 +88,11 @@ EXPECTED_DEFAULTS = {
     ("logging", "format"): "text",
     ("logging", "file"): None,
     ("logging", "enqueue"): False,
+    ("logging", "block_report_seconds"): 0.0,
+    ("metrics", "enabled"): False,
+    ("metrics", "host"): "127.0.0.1",
+    ("metrics", "port"): 9464,
+    ("metrics", "top_hosts"): 20,
 }
 
 
@@ -138,11 +143,11 @@ def test_dataclass_defaults_match_the_registry() -> None:
 
 def test_registry_is_ordered_and_documented() -> None:
     assert settings.SETTINGS.sections() == (
-        "consumer", "provider", "http", "retry", "results", "logging",
+        "consumer", "provider", "http", "retry", "results", "logging", "metrics",
     )
     keys = [item.key for item in settings.SETTINGS]
     assert keys[:2] == ["concurrency", "max_batch_collect_time"]
-    assert len(keys) == len(settings.SETTINGS) == 37
+    assert len(keys) == len(settings.SETTINGS) == 42
     assert all(item.description and item.expected for item in settings.SETTINGS)
     assert set(settings.SECTION_DESCRIPTIONS) == set(settings.SETTINGS.sections())
     assert settings.SETTINGS.get("consumer", "task_timeout").unit == settings.SECONDS

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import AsyncConsumerError
+from .redaction import redact_text
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 JOB_KEYS = ("id", "method", "url", "headers", "params", "json", "data", "timeout",
@@ -150,12 +151,14 @@ def _checked_url(url: str) -> str:
         parts = urlsplit(url)
         parts.port
     except ValueError as error:
-        raise JobError(f"'url' is not a valid address ({error}): {url!r}") from None
+        raise JobError(f"'url' is not a valid address ({error}): {redact_text(url)!r}") \
+            from None
 
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobError(f"'url' must be an absolute http:// or https:// address, not {url!r}")
+        raise JobError("'url' must be an absolute http:// or https:// address, "
+                       f"not {redact_text(url)!r}")
     if _UNSAFE_URL_CHARACTERS.search(url):
-        raise JobError(f"'url' contains spaces or control characters: {url!r}")
+        raise JobError(f"'url' contains spaces or control characters: {redact_text(url)!r}")
     return url
 
 

@@ -74,12 +74,12 @@ class Reloader:
         in_force = self.config
         for (section, key), (old, new) in changes.items():
             if (section, key) not in LIVE_SETTINGS:
-                logger.warning("reload: [{}] {} changed from {!r} to {!r}, which needs a "
-                               "restart; it stays {!r} until then", section, key,
+                logger.warning("reload: [{}] {} changed from {} to {}, which needs a "
+                               "restart; it stays {} until then", section, key,
                                _shown(key, old), _shown(key, new), _shown(key, old))
                 continue
             in_force = _with(in_force, section, key, new)
-            logger.info("reload: [{}] {} is now {!r} (was {!r})", section, key, new, old)
+            logger.info("reload: [{}] {} is now {} (was {})", section, key, new, old)
 
         self._apply(in_force)
         self.config = in_force

@@ -291,18 +291,37 @@ def test_both_transports_put_the_same_request_on_the_wire(server: str, shape: di
     assert seen["fast"] == seen["requests"]
 
 
-def test_cookies_set_by_an_answer_are_sent_with_the_next_request(server: str) -> None:
-    session = build_session()
-    send("fast", requests.Request("GET", server + "/cookie"), session)
-    echoed = send("fast", requests.Request("GET", server + "/echo"), session)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_session_that_keeps_cookies_sends_them_with_the_next_request(
+    server: str, transport: str
+) -> None:
+    session = build_session(keep_cookies=True)
+    send(transport, requests.Request("GET", server + "/cookie"), session)
+    echoed = send(transport, requests.Request("GET", server + "/echo"), session)
 
     assert echoed.response is not None
     cookie = echoed.response.json()["headers"]["COOKIE"]
     assert sorted(cookie.split("; ")) == ["session=abc", "theme=dark"]
 
 
-def test_a_redirect_carries_the_cookie_it_set(server: str) -> None:
-    outcome = send("fast", requests.Request("GET", server + "/redirect"))
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_cookie_one_task_got_is_never_sent_with_another_task(
+    server: str, transport: str
+) -> None:
+    session = build_session()
+    first = send(transport, requests.Request("GET", server + "/cookie"), session)
+    echoed = send(transport, requests.Request("GET", server + "/echo"), session)
+
+    assert first.response is not None and dict(first.response.cookies) == {
+        "session": "abc", "theme": "dark"}
+    assert echoed.response is not None
+    assert "COOKIE" not in echoed.response.json()["headers"]
+    assert len(session.cookies) == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_redirect_carries_the_cookie_it_set(server: str, transport: str) -> None:
+    outcome = send(transport, requests.Request("GET", server + "/redirect"))
 
     assert outcome.response is not None
     assert outcome.response.json()["headers"]["COOKIE"] == "hop=1"

@@ -107,3 +107,12 @@ def test_result_lines_are_compact_json_one_per_record(tmp_path: Path) -> None:
     data = (tmp_path / "results.jsonl").read_bytes()
     assert data == b"".join(json.dumps(record, separators=(",", ":")).encode() + b"\n"
                             for record in records)
+
+
+@pytest.mark.parametrize("url", ["ftp://hank:hunter2@127.0.0.1/", "http://hank:hunter2@bad host/"])
+def test_a_refused_url_is_quoted_without_its_password(url: str) -> None:
+    with pytest.raises(JobError) as refused:
+        HttpJob.from_payload(json.dumps({"url": url}))
+
+    assert "hunter2" not in str(refused.value)
+    assert "hank:***@" in str(refused.value)

@@ -8,6 +8,7 @@ connections are kept alive and reused.
 
 from __future__ import annotations
 
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import requests
@@ -47,16 +48,24 @@ def build_session(
     timeout: Timeout = DEFAULT_TIMEOUT,
     verify: bool | str = True,
     user_agent: str = DEFAULT_USER_AGENT,
+    keep_cookies: bool = False,
 ) -> requests.Session:
     """A session whose pool keeps ``pool_size`` connections per host.
 
     The pool must be at least as large as the number of requests in flight to one
     host, or urllib3 discards the extra connections ("Connection pool is full") and
     keep-alive is lost.
+
+    Unless ``keep_cookies`` is set, the session's own jar keeps no cookie: the tasks
+    that share it are unrelated (one customer's webhook must not carry a cookie
+    another customer's server set). ``response.cookies`` still holds what each
+    answer set, and the hops of one redirect still carry the cookies set on the way.
     """
     session = requests.Session()
     session.verify = verify
     session.headers["User-Agent"] = user_agent
+    if not keep_cookies:
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     mount_pool(session, pool_size, timeout)
     return session
 

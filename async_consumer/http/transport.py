@@ -514,7 +514,8 @@ def _store_cookies(
     response: requests.Response,
     session: requests.Session,
 ) -> None:
-    """Keep Set-Cookie in the response's and the session's jars, as requests does."""
+    """Keep Set-Cookie in the response's, the session's and the request's jars, as
+    requests does; the session's jar policy decides whether it keeps them."""
     message = http.client.HTTPMessage()
     for name, value in parsed.items():
         if name.lower() == "set-cookie":
@@ -522,6 +523,8 @@ def _store_cookies(
     fake_request, fake_response = MockRequest(request), MockResponse(message)
     response.cookies.extract_cookies(fake_response, fake_request)  # type: ignore[arg-type]
     session.cookies.extract_cookies(fake_response, fake_request)  # type: ignore[arg-type]
+    # The request's own jar: a redirect's next hop is built from it, as in requests.
+    request._cookies.extract_cookies(fake_response, fake_request)  # type: ignore
 
 
 def _read_body(parsed: Any, response: requests.Response, limit: int | None) -> bytes:

@@ -15,17 +15,14 @@ The actor does what an async_consumer job does: one GET on a shared, pooled
 import json
 import os
 import sys
-import time
 
 import dramatiq
-import requests
-from requests.adapters import HTTPAdapter
+
+from bench.peer_task import fetch_and_record
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-POOL_SIZE = int(os.environ.get("BENCH_POOL_SIZE", "100"))
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
-RESULTS = os.environ.get("BENCH_RESULTS", "results.jsonl")
 
 
 def make_broker() -> dramatiq.Broker:
@@ -41,26 +38,10 @@ def make_broker() -> dramatiq.Broker:
 
 dramatiq.set_broker(make_broker())
 
-SESSION = requests.Session()
-SESSION.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE))
-_results: dict[str, int] = {}
-
-
-def record(line: dict) -> None:
-    """Append one result line; the file is opened once per worker process."""
-    if "fd" not in _results:
-        _results["fd"] = os.open(RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(_results["fd"], (json.dumps(line, separators=(",", ":")) + "\n").encode())
-
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3)
 def fetch(job_id: str, url: str) -> None:
-    started = time.perf_counter()
-    response = SESSION.get(url, timeout=(5, 30))
-    response.raise_for_status()
-    record({"id": job_id, "status": "ok", "status_code": response.status_code,
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
-            "finished_at": time.time()})
+    fetch_and_record(job_id, url)
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .backoff import Backoff
@@ -78,6 +79,35 @@ def undeliverable(key: str, attempts: int, reason: str) -> Decision:
     """Dead-letter a message that never became a task (undecodable, attempts used up)."""
     return Decision(Action.DEAD_LETTER, reason=reason,
                     record=result_record(key, "failed", attempts, reason))
+
+
+def given_up(key: str, attempt: int, max_attempts: int, detail: str = "") -> Decision | None:
+    """Dead-letter a delivery whose earlier deliveries all ended without an outcome.
+
+    ``None`` while the attempts and the grace deliveries last: the delivery may run.
+    """
+    if attempt <= max_attempts + LOST_DELIVERY_GRACE:
+        return None
+    return undeliverable(key, attempt - 1, (
+        f"gave up: no outcome after {attempt - 1} deliveries; the worker stopped or "
+        f"hung during each{detail}"))
+
+
+def admit(transformer: Callable[[str], Promise], payload: str | bytes, key: str,
+          attempt: int) -> Promise | Decision:
+    """The promise for one delivery, or its dead-letter decision if it cannot run.
+
+    A payload in bytes is decoded as UTF-8 here, so that one that is not UTF-8 is
+    dead-lettered like any other that cannot run.
+    """
+    try:
+        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+        promise = transformer(text)
+    except ValueError as error:
+        return undeliverable(key, attempt, f"cannot be run: {error}")
+
+    promise.attempt = attempt
+    return promise
 
 
 def result_record(

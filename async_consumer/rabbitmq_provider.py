@@ -62,6 +62,7 @@ from .delivery import (
     Action,
     Decision,
     DeliveryCounts,
+    admit,
     decide,
     undeliverable,
 )
@@ -514,16 +515,13 @@ class RabbitMQProvider(Provider):
 
     def _transform(self, delivery: _Delivery) -> Promise | None:
         attempt = delivery.attempts + 1
-        try:
-            promise = self.transformer(delivery.body.decode("utf-8"))
-        except ValueError as error:
-            self._submit(delivery, undeliverable(
-                delivery.key, attempt, f"cannot be run: {error}"), attempt)
+        admitted = admit(self.transformer, delivery.body, delivery.key, attempt)
+        if isinstance(admitted, Decision):
+            self._submit(delivery, admitted, attempt)
             return None
 
-        promise.receipt = delivery
-        promise.attempt = attempt
-        return promise
+        admitted.receipt = delivery
+        return admitted
 
     # -- outcomes (task greenlets) --------------------------------------------------
 

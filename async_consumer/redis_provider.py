@@ -80,11 +80,12 @@ from . import settings as s
 from .backoff import Backoff
 from .config import Config, redact
 from .delivery import (
-    LOST_DELIVERY_GRACE,
     Action,
     Decision,
     DeliveryCounts,
+    admit,
     decide,
+    given_up,
     undeliverable,
 )
 from .errors import ConfigError, QueueError
@@ -734,22 +735,14 @@ class RedisProvider(Provider):
                                               f"cannot be run: {entry.problem}"))
             return None
 
-        if entry.attempt > entry.max_attempts + LOST_DELIVERY_GRACE:
-            reason = (f"gave up: no outcome after {entry.attempt - 1} deliveries; the "
-                      "worker stopped or hung during each")
-            self._record(entry, undeliverable(entry.key, entry.attempt - 1, reason))
+        refusal = given_up(entry.key, entry.attempt, entry.max_attempts)
+        admitted = refusal or admit(self.transformer, entry.text, entry.key, entry.attempt)
+        if isinstance(admitted, Decision):
+            self._record(entry, admitted)
             return None
 
-        try:
-            promise = self.transformer(entry.text)
-        except ValueError as error:
-            self._record(entry, undeliverable(entry.key, entry.attempt,
-                                              f"cannot be run: {error}"))
-            return None
-
-        promise.receipt = entry
-        promise.attempt = entry.attempt
-        return promise
+        admitted.receipt = entry
+        return admitted
 
     # -- outcomes --------------------------------------------------------------------
 

@@ -17,12 +17,12 @@ import gevent.lock
 
 from .backoff import Backoff
 from .delivery import (
-    LOST_DELIVERY_GRACE,
     Action,
     Decision,
     DeliveryCounts,
+    admit,
     decide,
-    undeliverable,
+    given_up,
 )
 from .logs import as_log
 from .promise import Promise
@@ -94,21 +94,15 @@ class SQLiteProvider(Provider):
         return promises
 
     def _to_promise(self, job: QueuedJob) -> Promise | None:
-        if job.attempt > job.max_attempts + LOST_DELIVERY_GRACE:
-            reason = (f"gave up: no outcome after {job.attempt - 1} deliveries; the "
-                      f"worker stopped or hung during each (last error: {job.last_error})")
-            self._record(job, undeliverable(job.key, job.attempt - 1, reason))
+        refusal = given_up(job.key, job.attempt, job.max_attempts,
+                           f" (last error: {job.last_error})")
+        admitted = refusal or admit(self.transformer, job.payload, job.key, job.attempt)
+        if isinstance(admitted, Decision):
+            self._record(job, admitted)
             return None
 
-        try:
-            promise = self.transformer(job.payload)
-        except ValueError as error:
-            self._record(job, undeliverable(job.key, job.attempt, f"cannot be run: {error}"))
-            return None
-
-        promise.receipt = job
-        promise.attempt = job.attempt
-        return promise
+        admitted.receipt = job
+        return admitted
 
     # -- outcomes --------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from async_consumer.redis_provider import (
     connect,
     ensure_group,
 )
-from async_consumer.sqlite_provider import LOST_DELIVERY_GRACE
+from async_consumer.delivery import LOST_DELIVERY_GRACE
 from conftest import Target, cli, read_results, stop_process
 from redis_support import (
     REDIS_HOST,

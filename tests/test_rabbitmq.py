@@ -486,6 +486,8 @@ def test_tasks_cancelled_at_the_shutdown_timeout_go_back_with_their_attempt_unsp
 
     worker = workers.start()
     wait_until(lambda: fresh_target.stats()["in_flight"] == 5, "five hanging requests")
+    # The three others must have reached the worker's buffer before it is stopped.
+    wait_until(lambda: counts(queue)["ready"] == 0, "all eight messages delivered")
     signalled = time.monotonic()
     returncode = stop(worker)
     stopped_after = time.monotonic() - signalled
